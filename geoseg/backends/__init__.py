@@ -1,0 +1,63 @@
+"""Backends: one interface, one registry. Adding a backend = one module here + one entry in ``REGISTRY``.
+
+A backend turns a batch of normalised tiles into per-class probabilities::
+
+    predict(pixels: float32 (N, bands, H, W) in [0, 1]) -> BatchPrediction(probabilities (N, C, H, W), decoded)
+
+``decoded`` counts the tiles whose decoder actually ran (all of them for a dense backend; the gated backend
+of the BGS-Net issue runs fewer). Backends are built on each Dask worker from a :class:`BackendSpec` and
+cached there, so a model is loaded once per worker process, not once per task.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import GeosegError
+from ..model import ModelCard
+
+#: name -> "module:Class"
+REGISTRY: dict[str, str] = {
+    "unet": "geoseg.backends.unet:UNetBackend",
+}
+
+
+@dataclass(frozen=True)
+class BatchPrediction:
+    probabilities: np.ndarray  # float32 (N, C, H, W), summing to 1 over C
+    decoded: int  # how many of the N tiles went through the decoder
+
+
+class Backend(Protocol):
+    name: str
+    card: ModelCard
+    model_sha256: str
+
+    def predict(self, pixels: np.ndarray) -> BatchPrediction: ...
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a worker needs to build a backend: registry name, model (name or path), torch device."""
+
+    name: str = "unet"
+    model: str | None = None
+    device: str = "cpu"
+
+
+def backend_class(name: str):
+    if name not in REGISTRY:
+        raise GeosegError(f"unknown backend {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+@functools.lru_cache(maxsize=4)
+def load_backend(spec: BackendSpec) -> Backend:
+    """Build (once per process) the backend a spec names."""
+    return backend_class(spec.name)(model=spec.model, device=spec.device)

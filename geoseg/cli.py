@@ -1,0 +1,110 @@
+"""Command line: ``geoseg run``, ``geoseg demo``. Errors in the input are one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import GeosegError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 1,2,3, got {text!r}") from None
+
+
+def _formats(text: str) -> list[str]:
+    return [v.strip().lower() for v in text.split(",") if v.strip()]
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--out", default="geoseg-output", help="output folder; results go to OUT/<scene-stem>/")
+    p.add_argument("--backend", default="unet", help="segmentation backend (default: unet)")
+    p.add_argument("--model", default=None, help="model name shipped with geoseg, or path to NAME.safetensors")
+    p.add_argument("--tile", type=int, default=512, dest="tile_px", help="tile size in pixels (default 512)")
+    p.add_argument("--overlap", type=int, default=64, dest="overlap_px", help="tile overlap in pixels (default 64)")
+    p.add_argument("--batch", type=int, default=4, dest="batch_tiles", help="tiles per Dask task (default 4)")
+    p.add_argument("--bands", type=_int_list, default=None, help="1-based bands for the model, e.g. 1,2,3 or 1")
+    p.add_argument("--formats", type=_formats, default=["geojson", "gpkg", "shp", "parquet"],
+                   help="vector formats: geojson,gpkg,shp,parquet (default: all)")
+    p.add_argument("--min-area", type=float, default=4.0, dest="min_area_m2", help="drop buildings under this many m2")
+    p.add_argument("--simplify", type=float, default=0.25, dest="simplify_m", help="simplify tolerance in metres")
+    p.add_argument("--assume-crs", default=None, help="CRS for a raster that has none, e.g. EPSG:32636")
+    p.add_argument("--target-gsd", type=float, default=None, dest="target_gsd_m",
+                   help="resample the scene to this GSD in metres instead of the model's (forces coarse scenes)")
+    p.add_argument("--native-resolution", action="store_true", help="never resample; run at the scene's own GSD")
+    p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: CPU cores; 0: in-process)")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _options(args: argparse.Namespace):
+    from .pipeline import RunOptions
+
+    fields = RunOptions.__dataclass_fields__
+    opts = RunOptions(**{k: v for k, v in vars(args).items() if k in fields})
+    opts.progress = not args.quiet
+    return opts
+
+
+def _print_result(summary: dict, out_dir: Path) -> None:
+    print(f"{summary['scene']}: {summary['buildings']} buildings, {summary['tiles_decoded']}/{summary['tiles_total']} "
+          f"tiles decoded, {summary['megapixels']} Mpx in {summary['seconds']} s "
+          f"({summary['megapixels_per_second']} Mpx/s)")
+    print(f"outputs in {out_dir}/: {', '.join(summary['outputs'])}, summary.json")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run_scene
+
+    for scene in args.scenes:
+        summary = run_scene(scene, args.out, _options(args))
+        _print_result(summary, Path(args.out) / Path(scene).stem)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import generate_scene
+    from .pipeline import run_scene
+
+    scene = generate_scene(Path(args.out) / "scenes" / "demo_scene.tif", size_px=args.size, seed=args.seed)
+    print(f"generated demo scene {scene} ({args.size}x{args.size} px, 0.3 m, EPSG:32636)")
+    summary = run_scene(scene, args.out, _options(args))
+    _print_result(summary, Path(args.out) / scene.stem)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geoseg", description="GeoTIFF scenes in, building masks and footprints out")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="segment one or more GeoTIFF scenes")
+    run.add_argument("scenes", nargs="+", metavar="SCENE", help="GeoTIFF scene(s)")
+    _add_run_options(run)
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="generate a sample scene and run the pipeline on it")
+    demo.add_argument("--size", type=int, default=2048, help="scene size in pixels (default 2048)")
+    demo.add_argument("--seed", type=int, default=0)
+    _add_run_options(demo)
+    demo.set_defaults(func=cmd_demo, out="demo-output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GeosegError as err:
+        print(f"geoseg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geoseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The scene pipeline: read -> tile -> (encode -> gate -> decode on Dask workers) -> stitch -> vectorise -> write.
+
+:func:`run_scene` is the Python API behind ``geoseg run``. Work on tiles is a Dask graph of one task per batch
+of tiles (``predict_batch``), run on a ``dask.distributed`` LocalCluster of worker processes with one torch
+thread each, on an existing scheduler (``scheduler="tcp://..."``), or in-process (``workers=0``). Tasks are
+submitted in row-major order with a bounded number in flight, so results can be stitched and written as they
+arrive and memory does not grow with the scene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import dask
+import numpy as np
+import shapely
+from tqdm import tqdm
+
+from . import __version__
+from .backends import Backend, BackendSpec, load_backend
+from .errors import GeosegError
+from .read import SceneReader, open_scene
+from .stitch import StripStitcher, TilePrediction
+from .tile import Tile, batched, tile_grid
+from .vectorise import building_pieces, pieces_to_frame
+from .write import VECTOR_FORMATS, discard, publish, write_cog, write_preview, write_vectors
+
+
+@dataclass
+class RunOptions:
+    """Everything ``geoseg run`` can be told. Units are in the names (px, m, m2)."""
+
+    backend: str = "unet"
+    model: str | None = None
+    device: str = "cpu"
+    tile_px: int = 512
+    overlap_px: int = 64
+    batch_tiles: int = 4
+    bands: list[int] | None = None
+    assume_crs: str | None = None
+    target_gsd_m: float | None = None
+    native_resolution: bool = False
+    formats: list[str] = field(default_factory=lambda: list(VECTOR_FORMATS))
+    min_area_m2: float = 4.0
+    simplify_m: float = 0.25
+    workers: int | None = None  # None: one per CPU core; 0: in-process, no cluster
+    scheduler: str | None = None
+    progress: bool = True
+
+
+def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: list[Tile]) -> tuple[list[TilePrediction], dict]:
+    """Dask task: read a batch of tiles, run the model on those with any valid pixel. All-nodata tiles never
+    reach the model. Returns the predictions and timings (seconds) of this batch."""
+    t0 = time.perf_counter()
+    if isinstance(backend, BackendSpec):
+        backend = load_backend(backend)
+    reads = [reader.read_tile(t.window) for t in tiles]
+    t1 = time.perf_counter()
+    keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
+    probabilities: dict[int, np.ndarray] = {}
+    decoded = 0
+    if keep:
+        out = backend.predict(np.stack([reads[i][0] for i in keep]))
+        probabilities = {i: p.astype(np.float16) for i, p in zip(keep, out.probabilities)}
+        decoded = out.decoded
+    t2 = time.perf_counter()
+    predictions = [TilePrediction(t, probabilities.get(i), reads[i][1]) for i, t in enumerate(tiles)]
+    return predictions, {"read_s": t1 - t0, "model_s": t2 - t1, "encoded": len(keep), "decoded": decoded}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _limit_torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def dask_client(workers: int | None, scheduler: str | None) -> Iterator[object | None]:
+    """A distributed Client (existing scheduler, or a new LocalCluster), or None for in-process runs."""
+    if scheduler is None and workers == 0:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as err:
+            raise GeosegError(f"--scheduler {scheduler}: cannot connect ({err})") from None
+        with client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.run(_limit_torch_threads)
+        yield client
+
+
+def run_tasks(client, reader: SceneReader, backend, batches: list[list[Tile]],
+              on_result: Callable[[list[TilePrediction], dict], None]) -> None:
+    """Run ``predict_batch`` over all batches, streaming results to ``on_result`` as they finish."""
+    tasks = [dask.delayed(predict_batch, pure=True)(reader, backend, b) for b in batches]
+    if client is None:
+        for task in tasks:
+            on_result(*task.compute(scheduler="synchronous"))
+        return
+    from distributed import as_completed
+
+    in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {}))) + 2
+    queue = iter(tasks)
+    pending = as_completed([client.compute(t) for t in _take(queue, in_flight)])
+    for future in pending:
+        on_result(*future.result())
+        future.release()
+        for task in _take(queue, 1):
+            pending.add(client.compute(task))
+
+
+def _take(iterator, n):
+    for _ in range(n):
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+
+
+def _worker_peak_rss_mb(client) -> float:
+    if client is None:
+        return 0.0
+    return float(sum(client.run(_peak_rss_mb).values()))
+
+
+def prepare_output(out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
+    """Create ``OUT/<stem>/`` and a staging folder in it; a clear error if it cannot be written."""
+    scene_dir = Path(out_dir) / stem
+    try:
+        scene_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(scene_dir / f".geoseg-partial-{os.getpid()}")
+        staging.mkdir(exist_ok=True)
+    except OSError as err:
+        raise GeosegError(f"cannot write to output folder {scene_dir}: {err.strerror}") from None
+    if not os.access(staging, os.W_OK):
+        discard(staging)
+        raise GeosegError(f"cannot write to output folder {scene_dir}: permission denied")
+    return scene_dir, staging
+
+
+def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: RunOptions | None = None,
+              backend: Backend | None = None) -> dict:
+    """Run one scene end to end; returns the summary (also written as ``summary.json``).
+
+    ``backend`` may be a ready backend object (for custom models); otherwise ``options.backend`` names one
+    from the registry and each worker builds it once.
+    """
+    opts = options or RunOptions()
+    started = time.perf_counter()
+    unknown = set(opts.formats) - set(VECTOR_FORMATS)
+    if unknown:
+        raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
+    spec: BackendSpec | Backend = backend or BackendSpec(opts.backend, opts.model, opts.device)
+    driver_backend = backend or load_backend(spec)
+    card = driver_backend.card
+    reader, facts = open_scene(
+        scene, model_gsd_m=card.gsd_m, n_model_bands=len(card.bands), bands=opts.bands,
+        assume_crs=opts.assume_crs, target_gsd_m=opts.target_gsd_m, native_resolution=opts.native_resolution,
+    )
+    grid = reader.grid
+    tiles = tile_grid(grid.height, grid.width, opts.tile_px, opts.overlap_px)
+    scene_dir, staging = prepare_output(out_dir, Path(scene).stem)
+    try:
+        summary = _run(reader, facts, tiles, spec, driver_backend, opts, staging, started)
+        names = summary["outputs"]
+        summary_path = staging / "summary.json"
+        summary_path.write_text(_json(summary))
+        publish(staging, scene_dir, names + ["summary.json"])
+    finally:
+        discard(staging)
+    return summary
+
+
+def _run(reader: SceneReader, facts: dict, tiles: list[Tile], spec, driver_backend: Backend, opts: RunOptions,
+         staging: Path, started: float) -> dict:
+    grid, card = reader.grid, driver_backend.card
+    prob_tmp, mask_tmp = str(staging / "probability.raw.tif"), str(staging / "mask.raw.tif")
+    stitcher = StripStitcher(grid, tiles, len(card.classes), card.building_class, prob_tmp, mask_tmp)
+    counts = {"encoded": 0, "decoded": 0, "read_s": 0.0, "model_s": 0.0}
+    stitch_s = 0.0
+    bar = tqdm(total=len(tiles), unit="tile", desc=Path(reader.path).name, disable=not opts.progress,
+               file=sys.stderr, leave=False)
+
+    def on_result(predictions: list[TilePrediction], stats: dict) -> None:
+        nonlocal stitch_s
+        t = time.perf_counter()
+        for p in predictions:
+            stitcher.add(p)
+        stitch_s += time.perf_counter() - t
+        for key in counts:
+            counts[key] += stats[key]
+        bar.update(len(predictions))
+
+    worker_rss = 0.0
+    try:
+        with dask_client(opts.workers, opts.scheduler) as client:
+            run_tasks(client, reader, spec, list(batched(tiles, opts.batch_tiles)), on_result)
+            worker_rss = _worker_peak_rss_mb(client)
+    finally:
+        bar.close()
+        stitcher.close()
+    if not stitcher.complete:
+        raise GeosegError("internal error: not every row of the scene was stitched")
+    t = time.perf_counter()
+    pieces = building_pieces(mask_tmp, prob_tmp, grid, card.building_class)
+    frame = pieces_to_frame(pieces, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m)
+    vectorise_s = time.perf_counter() - t
+    t = time.perf_counter()
+    write_cog(mask_tmp, str(staging / "mask.tif"), categorical=True)
+    write_cog(prob_tmp, str(staging / "probability.tif"), categorical=False)
+    outputs = ["mask.tif", "probability.tif"] + write_vectors(frame, staging, opts.formats)
+    _preview(reader, frame.geometry, staging / "preview.png")
+    outputs.append("preview.png")
+    write_s = time.perf_counter() - t
+    seconds = time.perf_counter() - started
+    encoded = counts["encoded"]
+    return {
+        "geoseg_version": __version__,
+        **facts,
+        "backend": getattr(driver_backend, "name", type(driver_backend).__name__),
+        "model": card.name,
+        "model_sha256": driver_backend.model_sha256,
+        "device": opts.device,
+        "tile_px": opts.tile_px,
+        "overlap_px": opts.overlap_px,
+        "tiles_total": len(tiles),
+        "tiles_nodata": len(tiles) - encoded,
+        "tiles_encoded": encoded,
+        "tiles_decoded": counts["decoded"],
+        "decoder_execution_rate": round(counts["decoded"] / encoded, 4) if encoded else 0.0,
+        "megapixels": round(grid.megapixels, 3),
+        "seconds": round(seconds, 2),
+        "megapixels_per_second": round(grid.megapixels / seconds, 4),
+        "stage_seconds": {
+            "read_on_workers": round(counts["read_s"], 2), "model_on_workers": round(counts["model_s"], 2),
+            "stitch": round(stitch_s, 2), "vectorise": round(vectorise_s, 2), "write": round(write_s, 2),
+        },
+        "buildings": len(frame),
+        "min_area_m2": opts.min_area_m2,
+        "simplify_m": opts.simplify_m,
+        "peak_rss_mb": round(_peak_rss_mb() + worker_rss, 1),
+        "peak_rss_mb_driver": round(_peak_rss_mb(), 1),
+        "peak_rss_mb_workers": round(worker_rss, 1),
+        "outputs": outputs,
+    }
+
+
+def _preview(reader: SceneReader, geometries, path: Path) -> None:
+    """Decimated image with the kept buildings' outlines (mapped back from CRS to grid pixels)."""
+    raw, valid = reader.read_overview()
+    rgb = np.rint(reader.normalise(raw, valid) * 255).astype(np.uint8)
+    inverse = ~reader.grid.transform
+    to_px = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
+    polygons_px = [shapely.affinity.affine_transform(g, to_px) for g in geometries]
+    write_preview(rgb, valid, polygons_px, raw.shape[-1] / reader.grid.width, path)
+
+
+def _json(summary: dict) -> str:
+    return json.dumps(summary, indent=2) + "\n"

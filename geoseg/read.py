@@ -1,0 +1,273 @@
+"""Read stage: open a scene, decide its processing grid, and read normalised tiles through windows.
+
+A :class:`SceneReader` is a small picklable description of *how* to read a scene (path, bands, grid,
+normalisation); Dask workers open the file themselves and read only the windows they need, so the scene is
+never held whole in memory.
+
+Units: ``gsd_m`` is the ground sample distance in metres on the ground (geodesic), computed at the scene
+centre for any CRS, so EPSG:4326 degrees and EPSG:3857 "metres" (which are not ground metres away from the
+equator) are both handled. Windows and tiles are in pixels of the processing grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import Geod
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as transform_points
+from rasterio.windows import Window
+
+from .errors import GeosegError, SceneTooCoarseError
+
+#: A scene whose GSD differs from the model's by more than this fraction is resampled on read.
+GSD_TOLERANCE = 0.20
+#: Upsampling a scene by more than this factor per axis is refused unless forced: buildings under ~4 model
+#: pixels across cannot be resolved, and the upsampled scene grows by the square of the factor.
+MAX_UPSAMPLE = 4.0
+#: Robust per-band stretch taken from the scene's own statistics (percentiles of valid pixels).
+STRETCH_PERCENTILES = (2.0, 98.0)
+#: Longest side, in pixels, of the decimated read used for statistics and previews.
+OVERVIEW_MAX_PX = 1024
+
+_GEOD = Geod(ellps="WGS84")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The pixel grid outputs are written on: CRS (WKT), affine transform, and size in pixels."""
+
+    crs_wkt: str
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def crs(self) -> CRS:
+        return CRS.from_wkt(self.crs_wkt)
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+
+def ground_gsd_m(crs: CRS, transform: Affine, width: int, height: int) -> tuple[float, float]:
+    """Ground size in metres of one pixel (x, y) at the centre of the grid, for any CRS.
+
+    The centre pixel's corners are taken to lon/lat and measured on the WGS84 ellipsoid.
+    """
+    col, row = width / 2.0, height / 2.0
+    cols, rows = [col, col + 1, col], [row, row, row + 1]
+    xs, ys = zip(*(transform @ (c, r) for c, r in zip(cols, rows)))
+    lons, lats = transform_points(crs, "EPSG:4326", list(xs), list(ys))
+    _, _, dx = _GEOD.inv(lons[0], lats[0], lons[1], lats[1])
+    _, _, dy = _GEOD.inv(lons[0], lats[0], lons[2], lats[2])
+    if not (math.isfinite(dx) and math.isfinite(dy)) or dx <= 0 or dy <= 0:
+        raise GeosegError("cannot compute the ground sample distance: is the CRS or transform valid?")
+    return dx, dy
+
+
+def choose_bands(src: rasterio.DatasetReader, requested: Sequence[int] | None, n_model_bands: int) -> tuple[int, ...]:
+    """1-based source bands feeding the model's ``n_model_bands`` inputs; a single band is repeated.
+
+    Default: the bands tagged red, green, blue if the file has them; else the first ``n_model_bands``
+    non-alpha bands (R,G,B[,NIR] order of NAIP and most aerial products); else the first band repeated.
+    """
+    if requested:
+        bad = [b for b in requested if not 1 <= b <= src.count]
+        if bad:
+            raise GeosegError(f"--bands {','.join(map(str, requested))}: the scene has bands 1..{src.count} only")
+        if len(requested) not in (1, n_model_bands):
+            raise GeosegError(f"--bands takes 1 or {n_model_bands} band numbers for this model, got {len(requested)}")
+        chosen = tuple(requested)
+    else:
+        interp = list(src.colorinterp)
+        rgb = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+        usable = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
+        if n_model_bands == 3 and all(ci in interp for ci in rgb):
+            chosen = tuple(interp.index(ci) + 1 for ci in rgb)
+        elif len(usable) >= n_model_bands:
+            chosen = tuple(usable[:n_model_bands])
+        elif usable:
+            chosen = (usable[0],)
+        else:
+            raise GeosegError("the scene has no usable (non-alpha) band")
+    return chosen * n_model_bands if len(chosen) == 1 else chosen
+
+
+@dataclass(frozen=True)
+class SceneReader:
+    """How to read normalised tiles of one scene on its processing grid (picklable, opened per read).
+
+    ``read_tile`` returns ``(pixels, valid)``: pixels float32 (bands, h, w) stretched per band to [0, 1]
+    from the scene's percentiles (invalid pixels set to 0), and valid bool (h, w): False where the input is
+    nodata, masked, non-finite, or outside the source footprint after resampling.
+    """
+
+    path: str
+    bands: tuple[int, ...]
+    grid: Grid
+    source_crs_wkt: str
+    resampled: bool
+    resampling: str = "bilinear"
+    band_low: tuple[float, ...] = ()
+    band_high: tuple[float, ...] = ()
+
+    @contextmanager
+    def open(self) -> Iterator[rasterio.io.DatasetReaderBase]:
+        with rasterio.open(self.path) as src:
+            needs_crs = src.crs is None
+            if not (self.resampled or needs_crs):
+                yield src
+                return
+            with WarpedVRT(
+                src,
+                src_crs=CRS.from_wkt(self.source_crs_wkt),
+                crs=self.grid.crs,
+                transform=self.grid.transform,
+                width=self.grid.width,
+                height=self.grid.height,
+                resampling=Resampling[self.resampling],
+            ) as vrt:
+                yield vrt
+
+    def _read(self, ds, window: Window | None, out_shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+        unique = sorted(set(self.bands))
+        shape = None if out_shape is None else (len(unique), *out_shape)
+        raw = ds.read(unique, window=window, out_shape=shape, out_dtype="float32", resampling=Resampling.nearest)
+        mask_shape = None if out_shape is None else out_shape
+        valid = ds.dataset_mask(window=window, out_shape=mask_shape, resampling=Resampling.nearest) > 0
+        raw = raw[[unique.index(b) for b in self.bands]]
+        valid &= np.isfinite(raw).all(axis=0)
+        return raw, valid
+
+    def normalise(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        low = np.asarray(self.band_low, np.float32)[:, None, None]
+        high = np.asarray(self.band_high, np.float32)[:, None, None]
+        pixels = np.clip((raw - low) / (high - low), 0.0, 1.0)
+        pixels[:, ~valid] = 0.0
+        return pixels.astype(np.float32, copy=False)
+
+    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        with self.open() as ds:
+            raw, valid = self._read(ds, window, None)
+        return self.normalise(raw, valid), valid
+
+    def read_overview(self, max_px: int = OVERVIEW_MAX_PX) -> tuple[np.ndarray, np.ndarray]:
+        """The whole grid decimated so its longest side is at most ``max_px`` (raw values, valid mask)."""
+        scale = max(self.grid.width, self.grid.height) / max_px
+        shape = (max(1, round(self.grid.height / max(scale, 1))), max(1, round(self.grid.width / max(scale, 1))))
+        with self.open() as ds:
+            return self._read(ds, None, shape)
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise GeosegError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise GeosegError(f"{path}: is a directory, not a raster file")
+    if os.path.getsize(path) == 0:
+        raise GeosegError(f"{path}: empty file (0 bytes)")
+
+
+def open_scene(
+    path: str | os.PathLike,
+    *,
+    model_gsd_m: float,
+    n_model_bands: int,
+    bands: Sequence[int] | None = None,
+    assume_crs: str | None = None,
+    target_gsd_m: float | None = None,
+    native_resolution: bool = False,
+) -> tuple[SceneReader, dict]:
+    """Validate a scene and plan how to read it. Returns the reader and facts for the summary.
+
+    The processing grid is the scene's own unless its ground GSD differs from ``target_gsd_m`` (default: the
+    model's) by more than :data:`GSD_TOLERANCE`; then the scene is resampled on read, keeping its CRS, onto a
+    grid of that GSD. A scene more than :data:`MAX_UPSAMPLE` times coarser than the model is refused unless
+    ``target_gsd_m`` or ``native_resolution`` forces a choice.
+    """
+    path = os.fspath(path)
+    _check_file(path)
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as err:
+        raise GeosegError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
+    with src:
+        if src.width == 0 or src.height == 0 or src.count == 0:
+            raise GeosegError(f"{path}: zero-size raster ({src.width}x{src.height}, {src.count} bands)")
+        if src.crs is None and assume_crs is None:
+            raise GeosegError(f"{path}: the raster has no CRS; pass --assume-crs EPSG:XXXX if you know it")
+        if src.crs is None and src.transform == Affine.identity():
+            raise GeosegError(f"{path}: the raster has no georeferencing (no CRS and no geotransform)")
+        try:
+            source_crs = src.crs or CRS.from_user_input(assume_crs)
+        except Exception:
+            raise GeosegError(f"--assume-crs {assume_crs!r}: not a CRS that PROJ knows") from None
+        chosen = choose_bands(src, bands, n_model_bands)
+        gsd_x, gsd_y = ground_gsd_m(source_crs, src.transform, src.width, src.height)
+        scene_gsd_m = (gsd_x + gsd_y) / 2
+        grid = Grid(source_crs.to_wkt(), src.transform, src.width, src.height)
+        wanted_gsd_m = target_gsd_m or model_gsd_m
+        upsample = scene_gsd_m / wanted_gsd_m
+        if not native_resolution and target_gsd_m is None and upsample > MAX_UPSAMPLE:
+            raise SceneTooCoarseError(
+                f"{path}: scene GSD {scene_gsd_m:.2f} m is {upsample:.0f}x coarser than the model's "
+                f"{model_gsd_m:.2f} m; buildings cannot be resolved and upsampling would make a "
+                f"{src.width * src.height * upsample**2 / 1e6:,.0f} Mpx scene. Use --native-resolution or "
+                f"--target-gsd M to force a run"
+            )
+        resampled = not native_resolution and abs(upsample - 1) > GSD_TOLERANCE
+        if resampled:
+            fx, fy = wanted_gsd_m / gsd_x, wanted_gsd_m / gsd_y  # >1: fewer, larger pixels
+            width, height = max(1, math.ceil(src.width / fx)), max(1, math.ceil(src.height / fy))
+            grid = Grid(grid.crs_wkt, src.transform @ Affine.scale(src.width / width, src.height / height), width, height)
+    reader = SceneReader(
+        path=path,
+        bands=chosen,
+        grid=grid,
+        source_crs_wkt=source_crs.to_wkt(),
+        resampled=resampled,
+        resampling="average" if resampled and upsample < 1 else "bilinear",
+    )
+    low, high = scene_stretch(reader)
+    facts = {
+        "scene": path,
+        "crs": source_crs.to_string(),
+        "bands": list(chosen),
+        "source_size_px": [src.width, src.height],
+        "source_gsd_m": round(scene_gsd_m, 4),
+        "grid_size_px": [grid.width, grid.height],
+        "grid_gsd_m": round(scene_gsd_m * grid_scale(src.width, grid.width), 4),
+        "resampled": resampled,
+    }
+    return replace(reader, band_low=low, band_high=high), facts
+
+
+def grid_scale(source_width: int, grid_width: int) -> float:
+    return source_width / grid_width
+
+
+def scene_stretch(reader: SceneReader) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band low/high percentiles of valid pixels, from a decimated read of the whole scene."""
+    raw, valid = reader.read_overview()
+    lows, highs = [], []
+    for band in raw:
+        values = band[valid]
+        if values.size == 0:  # all nodata: every tile will be skipped anyway
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = (float(v) for v in np.percentile(values, STRETCH_PERCENTILES))
+        lows.append(lo)
+        highs.append(hi if hi > lo else lo + 1.0)
+    return tuple(lows), tuple(highs)

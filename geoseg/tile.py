@@ -1,0 +1,89 @@
+"""Tile grid over a scene: small value objects and pure functions over them.
+
+All numbers here are in **pixels of the processing grid** (the scene's own grid, or the model-GSD grid when
+the scene is resampled on read), never in CRS units.
+
+Edge rules
+----------
+* Tiles advance by ``stride_px = tile_px - overlap_px``. The last tile of a row or column is moved back so
+  that it ends exactly on the last pixel (``offset = length_px - tile_px``). Every pixel is covered, tiles
+  stay full-size, and the last tile overlaps its neighbour by ``overlap_px`` or more.
+* A scene smaller than one tile along an axis gets a single tile of the scene's length on that axis. Such
+  tiles are padded to the model's input size multiple by the backend, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+from rasterio.windows import Window
+
+from .errors import GeosegError
+
+
+@dataclass(frozen=True, order=True)
+class Tile:
+    """A rectangle of the processing grid, in pixels. Ordered row-major (by ``row_off``, then ``col_off``)."""
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+    @property
+    def window(self) -> Window:
+        return Window(self.col_off, self.row_off, self.width, self.height)
+
+    @property
+    def row_end(self) -> int:
+        return self.row_off + self.height
+
+    @property
+    def col_end(self) -> int:
+        return self.col_off + self.width
+
+
+def tile_offsets(length_px: int, tile_px: int, overlap_px: int) -> list[int]:
+    """Start offsets along one axis of ``length_px`` pixels; the last tile ends on the last pixel."""
+    if length_px <= 0:
+        raise GeosegError(f"cannot tile an axis of {length_px} px")
+    if tile_px <= 0 or overlap_px < 0 or overlap_px >= tile_px:
+        raise GeosegError(f"need tile_px > overlap_px >= 0, got tile {tile_px} px and overlap {overlap_px} px")
+    if length_px <= tile_px:
+        return [0]
+    stride_px = tile_px - overlap_px
+    offsets = list(range(0, length_px - tile_px, stride_px))
+    offsets.append(length_px - tile_px)
+    return offsets
+
+
+def tile_grid(height_px: int, width_px: int, tile_px: int = 512, overlap_px: int = 64) -> list[Tile]:
+    """All tiles covering a ``height_px`` x ``width_px`` grid, row-major."""
+    tile_h, tile_w = min(tile_px, height_px), min(tile_px, width_px)
+    return [
+        Tile(row, col, tile_h, tile_w)
+        for row in tile_offsets(height_px, tile_px, overlap_px)
+        for col in tile_offsets(width_px, tile_px, overlap_px)
+    ]
+
+
+def batched(tiles: Sequence[Tile], batch_size: int) -> Iterator[list[Tile]]:
+    """Consecutive runs of at most ``batch_size`` tiles, order kept (so batches stay row-major)."""
+    for start in range(0, len(tiles), max(1, batch_size)):
+        yield list(tiles[start : start + batch_size])
+
+
+def blend_weights(height_px: int, width_px: int, floor: float = 1e-3) -> np.ndarray:
+    """Separable Hann (sin²) weights for blending overlapping tiles, float32, shape (height_px, width_px).
+
+    The weight falls towards a tile's edges, where a convolutional net sees least context, so the seam between
+    two tiles is decided by the tile that sees it best. ``floor`` keeps edge weights positive: a pixel on
+    the scene border is covered by only one tile edge and must still get that tile's value.
+    """
+
+    def hann(n: int) -> np.ndarray:
+        return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
+
+    return np.maximum(np.outer(hann(height_px), hann(width_px)), floor).astype(np.float32)
