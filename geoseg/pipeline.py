@@ -188,6 +188,8 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
         publish(staging, scene_dir, names + ["summary.json"])
     finally:
         discard(staging)
+        if not any(scene_dir.iterdir()):
+            scene_dir.rmdir()  # a failed first run leaves no folder behind either
     return summary
 
 
