@@ -116,10 +116,11 @@ def load_model(model: str | os.PathLike | None = None) -> tuple[SegmentationMode
     path = resolve_model_path(model)
     card = ModelCard.from_json(path.with_suffix(".json"))
     net = SegmentationModel(card)
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise GeosegError(f"{path}: weights do not match the card ({len(missing)} missing, {len(unexpected)} unexpected)")
+    try:
+        state = {k: v.float() for k, v in load_file(str(path)).items()}
+        net.load_state_dict(state, strict=True)
+    except Exception as err:  # safetensors header errors, missing/unexpected keys, shape mismatches
+        raise GeosegError(f"{path}: weights do not match the card ({str(err).splitlines()[0][:200]})") from None
     return net.eval(), file_sha256(path)
 
 
