@@ -25,7 +25,7 @@ import shapely
 from tqdm import tqdm
 
 from . import __version__
-from .backends import Backend, BackendSpec, load_backend
+from .backends import Backend, BackendSpec, describe_backend, load_backend
 from .errors import GeosegError
 from .read import SceneReader, open_scene
 from .stitch import StripStitcher, TilePrediction
@@ -171,8 +171,10 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     if unknown:
         raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
     spec: BackendSpec | Backend = backend or BackendSpec(opts.backend, opts.model, opts.device)
-    driver_backend = backend or load_backend(spec)
-    card = driver_backend.card
+    if backend is not None:
+        card, sha256 = backend.card, backend.model_sha256
+    else:
+        card, sha256 = describe_backend(spec)
     reader, facts = open_scene(
         scene, model_gsd_m=card.gsd_m, n_model_bands=len(card.bands), bands=opts.bands,
         assume_crs=opts.assume_crs, target_gsd_m=opts.target_gsd_m, native_resolution=opts.native_resolution,
@@ -181,7 +183,7 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     tiles = tile_grid(grid.height, grid.width, opts.tile_px, opts.overlap_px)
     scene_dir, staging = prepare_output(out_dir, Path(scene).stem)
     try:
-        summary = _run(reader, facts, tiles, spec, driver_backend, opts, staging, started)
+        summary = _run(reader, facts, tiles, spec, card, sha256, opts, staging, started)
         names = summary["outputs"]
         summary_path = staging / "summary.json"
         summary_path.write_text(_json(summary))
@@ -193,9 +195,10 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     return summary
 
 
-def _run(reader: SceneReader, facts: dict, tiles: list[Tile], spec, driver_backend: Backend, opts: RunOptions,
+def _run(reader: SceneReader, facts: dict, tiles: list[Tile], spec: BackendSpec | Backend, card, sha256: str,
+         opts: RunOptions,
          staging: Path, started: float) -> dict:
-    grid, card = reader.grid, driver_backend.card
+    grid = reader.grid
     prob_tmp, mask_tmp = str(staging / "probability.raw.tif"), str(staging / "mask.raw.tif")
     stitcher = StripStitcher(grid, tiles, len(card.classes), card.building_class, prob_tmp, mask_tmp)
     counts = {"encoded": 0, "decoded": 0, "read_s": 0.0, "model_s": 0.0}
@@ -239,9 +242,9 @@ def _run(reader: SceneReader, facts: dict, tiles: list[Tile], spec, driver_backe
     return {
         "geoseg_version": __version__,
         **facts,
-        "backend": getattr(driver_backend, "name", type(driver_backend).__name__),
+        "backend": spec.name,
         "model": card.name,
-        "model_sha256": driver_backend.model_sha256,
+        "model_sha256": sha256,
         "device": opts.device,
         "tile_px": opts.tile_px,
         "overlap_px": opts.overlap_px,

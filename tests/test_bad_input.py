@@ -76,7 +76,7 @@ def test_failed_run_leaves_no_file_that_looks_complete(tmp_path, fast_options):
     fast_options.batch_tiles = 1
     with pytest.raises(RuntimeError, match="worker died"):
         run_scene(scene, tmp_path / "out", fast_options, backend=FailingBackend())
-    assert list((tmp_path / "out" / "scene").iterdir()) == []
+    assert not (tmp_path / "out" / "scene").exists()  # no partial files, no staging folder, no empty folder
 
 
 def test_cli_exit_code_in_a_real_process(tmp_path):

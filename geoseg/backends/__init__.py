@@ -40,6 +40,8 @@ class Backend(Protocol):
 
     def predict(self, pixels: np.ndarray) -> BatchPrediction: ...
 
+    # and, on the class: describe(model) -> (ModelCard, sha256), cheap, without building the network
+
 
 @dataclass(frozen=True)
 class BackendSpec:
@@ -55,6 +57,11 @@ def backend_class(name: str):
         raise GeosegError(f"unknown backend {name!r}; available: {', '.join(sorted(REGISTRY))}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
+    """The model card and weights sha256 a spec resolves to, without loading the network."""
+    return backend_class(spec.name).describe(spec.model)
 
 
 @functools.lru_cache(maxsize=4)
