@@ -196,8 +196,7 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
 
 
 def _run(reader: SceneReader, facts: dict, tiles: list[Tile], spec: BackendSpec | Backend, card, sha256: str,
-         opts: RunOptions,
-         staging: Path, started: float) -> dict:
+         opts: RunOptions, staging: Path, started: float) -> dict:
     grid = reader.grid
     prob_tmp, mask_tmp = str(staging / "probability.raw.tif"), str(staging / "mask.raw.tif")
     stitcher = StripStitcher(grid, tiles, len(card.classes), card.building_class, prob_tmp, mask_tmp)

@@ -10,7 +10,7 @@ import rasterio
 from affine import Affine
 
 from geoseg.backends import BatchPrediction
-from geoseg.model import ModelCard
+from geoseg.card import ModelCard
 from geoseg.pipeline import RunOptions
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from geoseg.errors import GeosegError
-from geoseg.model import ModelCard, SegmentationModel, file_sha256, load_model, resolve_model_path, save_model
+from geoseg.card import ModelCard, file_sha256, resolve_model_path
+from geoseg.model import SegmentationModel, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +57,12 @@ def test_shipped_default_model_loads_and_fits_the_size_budget():
     assert path.stat().st_size <= 30 * 1024 * 1024
     net, sha = load_model()
     assert len(sha) == 64 and net.card.gsd_m > 0 and net.card.classes[net.card.building_class] == "building"
+
+
+def test_driver_side_modules_do_not_import_torch():
+    # The Dask driver only stitches and writes; torch (~0.7 GB resident) belongs on the workers.
+    import subprocess
+    import sys
+
+    code = "import sys, geoseg.cli, geoseg.pipeline; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -15,7 +15,8 @@ from rasterio.windows import Window
 import geoseg.stitch
 from geoseg.backends import BackendSpec, load_backend
 from geoseg.demo import generate_scene
-from geoseg.model import ModelCard, SegmentationModel, save_model
+from geoseg.card import ModelCard
+from geoseg.model import SegmentationModel, save_model
 from geoseg.pipeline import RunOptions, run_scene
 from geoseg.tile import tile_offsets
 

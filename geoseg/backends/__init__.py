@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import GeosegError
-from ..model import ModelCard
+from ..card import ModelCard, file_sha256, resolve_model_path
 
 #: name -> "module:Class"
 REGISTRY: dict[str, str] = {
@@ -40,8 +40,6 @@ class Backend(Protocol):
 
     def predict(self, pixels: np.ndarray) -> BatchPrediction: ...
 
-    # and, on the class: describe(model) -> (ModelCard, sha256), cheap, without building the network
-
 
 @dataclass(frozen=True)
 class BackendSpec:
@@ -60,8 +58,11 @@ def backend_class(name: str):
 
 
 def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
-    """The model card and weights sha256 a spec resolves to, without loading the network."""
-    return backend_class(spec.name).describe(spec.model)
+    """The model card and weights sha256 a spec resolves to, without importing torch (for the driver)."""
+    if spec.name not in REGISTRY:
+        backend_class(spec.name)  # raises the "unknown backend" error
+    path = resolve_model_path(spec.model)
+    return ModelCard.from_json(path.with_suffix(".json")), file_sha256(path)
 
 
 @functools.lru_cache(maxsize=4)

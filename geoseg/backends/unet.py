@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GeosegError
-from ..model import ModelCard, file_sha256, load_model, resolve_model_path
+from ..model import load_model
 from . import BatchPrediction
 
 
@@ -38,12 +38,6 @@ class UNetBackend:
         self.net = self.net.to(self.device, memory_format=torch.channels_last)
         self.mean = torch.tensor(self.card.norm_mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(self.card.norm_std, device=self.device).view(1, -1, 1, 1)
-
-    @staticmethod
-    def describe(model: str | None = None) -> tuple[ModelCard, str]:
-        """Card and weights sha256 without building the network (for the driver, which never runs it)."""
-        path = resolve_model_path(model)
-        return ModelCard.from_json(path.with_suffix(".json")), file_sha256(path)
 
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:
         """[0, 1] tiles -> standardised, padded, channels_last tensor on the device."""

@@ -1,0 +1,115 @@
+"""Scene benchmark (prints figures; not a test). All numbers from one run on one machine, quoted as ratios.
+
+    python benchmarks/bench_scene.py [--sizes 4096,8192] [--workers 2] [--out bench-output]
+
+1. float32 matmul peak of this machine (all torch threads), GFLOP/s;
+2. the default model's forward pass on a batch of 512 px tiles: GFLOP per tile (counted with torch's
+   FlopCounterMode, 2 FLOP per multiply-add), encoder/decoder split, achieved GFLOP/s in the default memory
+   format and in channels_last, as a share of the matmul peak;
+3. end to end on generated scenes of each size (LocalCluster, one torch thread per worker): Mpx/s, peak RSS
+   of driver and workers (it must not grow with scene size), and the share of time outside the model
+   (read + stitch + vectorise + write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from geoseg.demo import generate_scene
+from geoseg.model import load_model
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def model_figures(batch: int = 4, tile_px: int = 512, repeats: int = 3) -> dict:
+    net, _ = load_model()
+    x = torch.randn(batch, 3, tile_px, tile_px)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as count_all:
+            features = net.encode(x)
+        encoder_flop = count_all.get_total_flops()
+        with FlopCounterMode(display=False) as count_dec:
+            net.decode(features)
+        decoder_flop = count_dec.get_total_flops()
+        total_flop = encoder_flop + decoder_flop
+        result = {"gflop_per_tile": total_flop / batch / 1e9, "decoder_share_of_flop": decoder_flop / total_flop}
+        for label, fmt in (("default", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            net = net.to(memory_format=fmt)
+            xf = x.contiguous(memory_format=fmt)
+            net(xf)  # warm-up: oneDNN picks and caches kernels
+            t = time.perf_counter()
+            for _ in range(repeats):
+                net(xf)
+            seconds = (time.perf_counter() - t) / repeats
+            result[f"gflops_{label}"] = total_flop / seconds / 1e9
+            result[f"tiles_per_s_{label}"] = batch / seconds
+    return result
+
+
+def run_scene_in_own_process(scene: Path, out: Path, workers: int | None) -> dict:
+    """``geoseg run`` in a fresh process, so each scene's peak RSS is its own (ru_maxrss is a lifetime peak)."""
+    cmd = [sys.executable, "-m", "geoseg.cli", "run", str(scene), "-o", str(out), "--quiet"]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    subprocess.run(cmd, check=True)
+    return json.loads((out / scene.stem / "summary.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="4096,8192", help="scene sizes in px, comma-separated")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--out", default="bench-output")
+    args = parser.parse_args()
+    out = Path(args.out)
+    threads = torch.get_num_threads()
+    peak = matmul_peak_gflops()
+    model = model_figures()
+    print(f"matmul peak ({threads} threads): {peak:.1f} GFLOP/s")
+    print(f"U-Net forward: {model['gflop_per_tile']:.1f} GFLOP per 512 px tile, decoder {model['decoder_share_of_flop']:.0%} of it")
+    for label in ("default", "channels_last"):
+        print(f"  {label:>13}: {model[f'gflops_{label}']:.1f} GFLOP/s = {model[f'gflops_{label}'] / peak:.0%} of peak, "
+              f"{model[f'tiles_per_s_{label}']:.2f} tiles/s")
+    scenes = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        scene = generate_scene(out / "scenes" / f"bench_{size}.tif", size_px=size, seed=size)
+        s = run_scene_in_own_process(scene, out, args.workers)
+        stages = s["stage_seconds"]
+        outside_model = stages["read_on_workers"] + stages["stitch"] + stages["vectorise"] + stages["write"]
+        busy = outside_model + stages["model_on_workers"]
+        driver_after = stages["stitch"] + stages["vectorise"] + stages["write"]
+        row = {"size_px": size, **{k: s[k] for k in ("megapixels", "seconds", "megapixels_per_second", "buildings",
+                                                       "peak_rss_mb", "peak_rss_mb_driver", "peak_rss_mb_workers")},
+               "stages": stages, "share_outside_model": outside_model / busy,
+               "share_of_wall_in_driver_stages": driver_after / s["seconds"]}
+        scenes.append(row)
+        print(f"{size}x{size} ({s['megapixels']:.1f} Mpx): {s['megapixels_per_second']:.3f} Mpx/s, {s['seconds']:.0f} s, "
+              f"peak RSS {s['peak_rss_mb']:.0f} MB (driver {s['peak_rss_mb_driver']:.0f}, workers {s['peak_rss_mb_workers']:.0f}); "
+              f"read+stitch+vectorise+write {row['share_outside_model']:.1%} of busy time; stages {stages}")
+    if len(scenes) > 1:
+        a, b = scenes[0], scenes[-1]
+        print(f"peak RSS ratio {b['size_px']} vs {a['size_px']} px scene ({b['megapixels'] / a['megapixels']:.1f}x the pixels): "
+              f"driver {b['peak_rss_mb_driver'] / a['peak_rss_mb_driver']:.2f}x, workers {b['peak_rss_mb_workers'] / a['peak_rss_mb_workers']:.2f}x")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"matmul_peak_gflops": peak, "threads": threads, "model": model,
+                                                "scenes": scenes}, indent=2))
+    print(f"figures written to {out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()
