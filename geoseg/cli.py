@@ -57,6 +57,9 @@ def _print_result(summary: dict, out_dir: Path) -> None:
           f"tiles decoded, {summary['megapixels']} Mpx in {summary['seconds']} s "
           f"({summary['megapixels_per_second']} Mpx/s)")
     print(f"outputs in {out_dir}/: {', '.join(summary['outputs'])}, summary.json")
+    if not summary.get("model_trained", True):
+        print(f"note: model {summary['model']} is an untrained placeholder: the outputs exercise the pipeline, "
+              "they do not show real buildings")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -77,7 +77,16 @@ def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: li
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    """This process's peak resident memory, MiB. VmHWM, not ru_maxrss: Linux carries ru_maxrss across
+    fork+exec, so a worker would report its parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, the fallback elsewhere
 
 
 def _limit_torch_threads() -> None:
@@ -243,6 +252,7 @@ def _run(reader: SceneReader, facts: dict, tiles: list[Tile], spec: BackendSpec 
         **facts,
         "backend": spec.name,
         "model": card.name,
+        "model_trained": card.trained,
         "model_sha256": sha256,
         "device": opts.device,
         "tile_px": opts.tile_px,
