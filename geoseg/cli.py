@@ -63,12 +63,25 @@ def _print_result(summary: dict, out_dir: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run_scene
+    """Run each scene; one cluster serves them all. A scene with bad input is reported and the others go on."""
+    from .pipeline import dask_client, run_scene
 
-    for scene in args.scenes:
-        summary = run_scene(scene, args.out, _options(args))
-        _print_result(summary, Path(args.out) / Path(scene).stem)
-    return 0
+    opts = _options(args)
+    failed = 0
+    with dask_client(opts.workers, opts.scheduler) as client:
+        if client is not None:
+            opts.scheduler = client.scheduler.address
+        for scene in args.scenes:
+            try:
+                summary = run_scene(scene, args.out, opts)
+            except GeosegError as err:
+                if len(args.scenes) == 1:
+                    raise
+                print(f"geoseg: error: {err}", file=sys.stderr)
+                failed += 1
+                continue
+            _print_result(summary, Path(args.out) / Path(scene).stem)
+    return 2 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ arrive and memory does not grow with the scene.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -27,7 +28,8 @@ from tqdm import tqdm
 from . import __version__
 from .backends import Backend, BackendSpec, describe_backend, load_backend
 from .errors import GeosegError
-from .read import SceneReader, open_scene
+from .card import ModelCard
+from .read import OpenedScene, SceneReader, open_scene
 from .stitch import StripStitcher, TilePrediction
 from .tile import Tile, batched, tile_grid
 from .vectorise import building_pieces, pieces_to_frame
@@ -130,20 +132,12 @@ def run_tasks(client, reader: SceneReader, backend, batches: list[list[Tile]],
 
     in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {}))) + 2
     queue = iter(tasks)
-    pending = as_completed([client.compute(t) for t in _take(queue, in_flight)])
+    pending = as_completed([client.compute(t) for t in itertools.islice(queue, in_flight)])
     for future in pending:
         on_result(*future.result())
         future.release()
-        for task in _take(queue, 1):
+        for task in itertools.islice(queue, 1):
             pending.add(client.compute(task))
-
-
-def _take(iterator, n):
-    for _ in range(n):
-        try:
-            yield next(iterator)
-        except StopIteration:
-            return
 
 
 def _worker_peak_rss_mb(client) -> float:
@@ -184,15 +178,15 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
         card, sha256 = backend.card, backend.model_sha256
     else:
         card, sha256 = describe_backend(spec)
-    reader, facts = open_scene(
+    opened = open_scene(
         scene, model_gsd_m=card.gsd_m, n_model_bands=len(card.bands), bands=opts.bands,
         assume_crs=opts.assume_crs, target_gsd_m=opts.target_gsd_m, native_resolution=opts.native_resolution,
     )
-    grid = reader.grid
+    grid = opened.reader.grid
     tiles = tile_grid(grid.height, grid.width, opts.tile_px, opts.overlap_px)
     scene_dir, staging = prepare_output(out_dir, Path(scene).stem)
     try:
-        summary = _run(reader, facts, tiles, spec, card, sha256, opts, staging, started)
+        summary = _run(opened, tiles, spec, card, sha256, opts, staging, started)
         names = summary["outputs"]
         summary_path = staging / "summary.json"
         summary_path.write_text(_json(summary))
@@ -204,8 +198,9 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     return summary
 
 
-def _run(reader: SceneReader, facts: dict, tiles: list[Tile], spec: BackendSpec | Backend, card, sha256: str,
+def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, card: ModelCard, sha256: str,
          opts: RunOptions, staging: Path, started: float) -> dict:
+    reader, facts, overview = opened
     grid = reader.grid
     prob_tmp, mask_tmp = str(staging / "probability.raw.tif"), str(staging / "mask.raw.tif")
     stitcher = StripStitcher(grid, tiles, len(card.classes), card.building_class, prob_tmp, mask_tmp)
@@ -242,7 +237,7 @@ def _run(reader: SceneReader, facts: dict, tiles: list[Tile], spec: BackendSpec 
     write_cog(mask_tmp, str(staging / "mask.tif"), categorical=True)
     write_cog(prob_tmp, str(staging / "probability.tif"), categorical=False)
     outputs = ["mask.tif", "probability.tif"] + write_vectors(frame, staging, opts.formats)
-    _preview(reader, frame.geometry, staging / "preview.png")
+    _preview(reader, overview, frame.geometry, staging / "preview.png")
     outputs.append("preview.png")
     write_s = time.perf_counter() - t
     seconds = time.perf_counter() - started
@@ -279,9 +274,9 @@ def _run(reader: SceneReader, facts: dict, tiles: list[Tile], spec: BackendSpec 
     }
 
 
-def _preview(reader: SceneReader, geometries, path: Path) -> None:
+def _preview(reader: SceneReader, overview, geometries, path: Path) -> None:
     """Decimated image with the kept buildings' outlines (mapped back from CRS to grid pixels)."""
-    raw, valid = reader.read_overview()
+    raw, valid = overview
     rgb = np.rint(reader.normalise(raw, valid) * 255).astype(np.uint8)
     inverse = ~reader.grid.transform
     to_px = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]

@@ -15,7 +15,7 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import rasterio
@@ -180,6 +180,12 @@ def _check_file(path: str) -> None:
         raise GeosegError(f"{path}: empty file (0 bytes)")
 
 
+class OpenedScene(NamedTuple):
+    reader: SceneReader
+    facts: dict  # JSON-ready facts for the summary
+    overview: tuple[np.ndarray, np.ndarray]  # decimated raw pixels and valid mask (statistics, preview)
+
+
 def open_scene(
     path: str | os.PathLike,
     *,
@@ -189,8 +195,9 @@ def open_scene(
     assume_crs: str | None = None,
     target_gsd_m: float | None = None,
     native_resolution: bool = False,
-) -> tuple[SceneReader, dict]:
-    """Validate a scene and plan how to read it. Returns the reader and facts for the summary.
+) -> OpenedScene:
+    """Validate a scene and plan how to read it: the reader, facts for the summary, and a decimated overview
+    (read once, used for the statistics and the preview).
 
     The processing grid is the scene's own unless its ground GSD differs from ``target_gsd_m`` (default: the
     model's) by more than :data:`GSD_TOLERANCE`; then the scene is resampled on read, keeping its CRS, onto a
@@ -240,7 +247,8 @@ def open_scene(
         resampled=resampled,
         resampling="average" if resampled and upsample < 1 else "bilinear",
     )
-    low, high = scene_stretch(reader)
+    overview = reader.read_overview()
+    low, high = scene_stretch(*overview)
     facts = {
         "scene": path,
         "crs": source_crs.to_string(),
@@ -248,19 +256,14 @@ def open_scene(
         "source_size_px": [src.width, src.height],
         "source_gsd_m": round(scene_gsd_m, 4),
         "grid_size_px": [grid.width, grid.height],
-        "grid_gsd_m": round(scene_gsd_m * grid_scale(src.width, grid.width), 4),
+        "grid_gsd_m": round(scene_gsd_m * src.width / grid.width, 4),
         "resampled": resampled,
     }
-    return replace(reader, band_low=low, band_high=high), facts
+    return OpenedScene(replace(reader, band_low=low, band_high=high), facts, overview)
 
 
-def grid_scale(source_width: int, grid_width: int) -> float:
-    return source_width / grid_width
-
-
-def scene_stretch(reader: SceneReader) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-band low/high percentiles of valid pixels, from a decimated read of the whole scene."""
-    raw, valid = reader.read_overview()
+def scene_stretch(raw: np.ndarray, valid: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band low/high percentiles of valid pixels of (bands, h, w) ``raw``, e.g. a decimated overview."""
     lows, highs = [], []
     for band in raw:
         values = band[valid]

@@ -84,3 +84,12 @@ def test_cli_exit_code_in_a_real_process(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"geoseg: error: {tmp_path / 'nope.tif'}: no such file"]
+
+
+def test_one_bad_scene_among_several_is_reported_and_the_others_run(tmp_path, monkeypatch, capsys):
+    scene_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "good.tif", "notes.tif", "-o", "out", "--workers", "0", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("geoseg: error: notes.tif: not a readable raster") == 1
+    assert (tmp_path / "out" / "good" / "summary.json").exists() and not (tmp_path / "out" / "notes").exists()

@@ -16,7 +16,7 @@ from conftest import PixelBackend, write_scene
 
 def expected_probability(scene, backend) -> np.ndarray:
     """What the stand-in must produce: band 1 after the scene stretch, as uint8 0-255."""
-    reader, _ = open_scene(scene, model_gsd_m=backend.card.gsd_m, n_model_bands=3)
+    reader = open_scene(scene, model_gsd_m=backend.card.gsd_m, n_model_bands=3).reader
     with rasterio.open(scene) as src:
         raw = src.read(list(reader.bands)).astype(np.float32)
         valid = src.dataset_mask() > 0
@@ -100,7 +100,7 @@ def test_far_too_coarse_scene_is_refused_unless_forced(tmp_path, fast_options):
 def test_single_band_is_repeated_and_band_choice_validated(tmp_path, fast_options):
     data = np.random.default_rng(4).integers(1, 2000, (1, 64, 64)).astype("uint16")
     scene = write_scene(tmp_path / "pan.tif", data)
-    reader, _ = open_scene(scene, model_gsd_m=0.3, n_model_bands=3)
+    reader = open_scene(scene, model_gsd_m=0.3, n_model_bands=3).reader
     assert reader.bands == (1, 1, 1)
     with pytest.raises(GeosegError, match="bands 1..1"):
         open_scene(scene, model_gsd_m=0.3, n_model_bands=3, bands=[2])

@@ -42,7 +42,7 @@ def border_and_interior_error(unet_and_scene, out_name) -> tuple[float, float]:
     backend = load_backend(BackendSpec(model=weights))
     from geoseg.read import open_scene
 
-    reader, _ = open_scene(scene, model_gsd_m=0.3, n_model_bands=3)
+    reader = open_scene(scene, model_gsd_m=0.3, n_model_bands=3).reader
     pixels, _ = reader.read_tile(Window(0, 0, SIZE_PX, SIZE_PX))
     whole = backend.predict(pixels[None]).probabilities[0, 1] * 255
     with rasterio.open(root / out_name / "scene" / "probability.tif") as prob:
