@@ -95,6 +95,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    best = train(args.config, args.out, resume=args.resume, data_root=args.data_root, seed=args.seed,
+                 progress=not args.quiet, stop_after_epochs=args.stop_after)
+    print(f"best epoch {best['epoch']}: building IoU {best['building_iou']}, mean IoU {best['mean_iou']}; "
+          f"model in {Path(args.out) / 'best.safetensors'} (+ .json card)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table
+
+    result = evaluate(args.prediction, args.reference, polygons=args.polygons, building_class=args.building_class)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoseg", description="GeoTIFF scenes in, building masks and footprints out")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     _add_run_options(demo)
     demo.set_defaults(func=cmd_demo, out="demo-output")
+    tr = sub.add_parser("train", help="train a segmentation model from a YAML config")
+    tr.add_argument("config", help="training config (YAML), e.g. geoseg/configs/buildings-unet-r18.yaml")
+    tr.add_argument("-o", "--out", required=True, help="run folder: checkpoint.pt, best.safetensors + card, history")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tr.add_argument("--data-root", default=None, help="override the config's data_root")
+    tr.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    tr.add_argument("--stop-after", type=int, default=None, help="stop after N epochs of this call (resume later)")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=cmd_train)
+    ev = sub.add_parser("evaluate", help="pixel IoU and SpaceNet F1 of a prediction against reference labels")
+    ev.add_argument("prediction", help="a geoseg run output folder (OUT/<scene>) or a class raster")
+    ev.add_argument("--reference", required=True, help="reference buildings: vector file (any CRS) or 0/1 raster")
+    ev.add_argument("--polygons", default=None, help="predicted polygons (default: the run folder's, else from the mask)")
+    ev.add_argument("--building-class", type=int, default=None, help="building value in the prediction raster")
+    ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
 
 

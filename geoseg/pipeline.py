@@ -203,7 +203,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     reader, facts, overview = opened
     grid = reader.grid
     prob_tmp, mask_tmp = str(staging / "probability.raw.tif"), str(staging / "mask.raw.tif")
-    stitcher = StripStitcher(grid, tiles, len(card.classes), card.building_class, prob_tmp, mask_tmp)
+    stitcher = StripStitcher(grid, tiles, card.classes, card.building_class, prob_tmp, mask_tmp)
     counts = {"encoded": 0, "decoded": 0, "read_s": 0.0, "model_s": 0.0}
     stitch_s = 0.0
     bar = tqdm(total=len(tiles), unit="tile", desc=Path(reader.path).name, disable=not opts.progress,
@@ -248,6 +248,8 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
         "backend": spec.name,
         "model": card.name,
         "model_trained": card.trained,
+        "classes": card.classes,
+        "building_class": card.building_class,
         "model_sha256": sha256,
         "device": opts.device,
         "tile_px": opts.tile_px,

@@ -152,11 +152,7 @@ class SceneReader:
         return raw, valid
 
     def normalise(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        low = np.asarray(self.band_low, np.float32)[:, None, None]
-        high = np.asarray(self.band_high, np.float32)[:, None, None]
-        pixels = np.clip((raw - low) / (high - low), 0.0, 1.0)
-        pixels[:, ~valid] = 0.0
-        return pixels.astype(np.float32, copy=False)
+        return stretch(raw, valid, self.band_low, self.band_high)
 
     def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         with self.open() as ds:
@@ -260,6 +256,15 @@ def open_scene(
         "resampled": resampled,
     }
     return OpenedScene(replace(reader, band_low=low, band_high=high), facts, overview)
+
+
+def stretch(raw: np.ndarray, valid: np.ndarray, band_low, band_high) -> np.ndarray:
+    """(bands, h, w) raw values -> float32 [0, 1] per band between ``band_low`` and ``band_high``; invalid -> 0."""
+    low = np.asarray(band_low, np.float32)[:, None, None]
+    high = np.asarray(band_high, np.float32)[:, None, None]
+    pixels = np.clip((raw - low) / (high - low), 0.0, 1.0).astype(np.float32, copy=False)
+    pixels[:, ~valid] = 0.0
+    return pixels
 
 
 def scene_stretch(raw: np.ndarray, valid: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

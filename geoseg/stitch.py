@@ -46,8 +46,9 @@ def open_intermediate(path: str, grid: Grid, nodata: int | None):
 class StripStitcher:
     """Blend tile predictions row by row and stream finished rows to ``probability_path`` and ``mask_path``."""
 
-    def __init__(self, grid: Grid, tiles: list[Tile], n_classes: int, building_class: int,
+    def __init__(self, grid: Grid, tiles: list[Tile], class_names: list[str], building_class: int,
                  probability_path: str, mask_path: str):
+        n_classes = len(class_names)
         self.grid, self.n_classes, self.building_class = grid, n_classes, building_class
         self.row_offsets = sorted({t.row_off for t in tiles})
         self.expected = defaultdict(int)
@@ -64,6 +65,7 @@ class StripStitcher:
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             self.prob_ds = open_intermediate(probability_path, grid, None)
         self.mask_ds = open_intermediate(mask_path, grid, MASK_NODATA)
+        self.mask_ds.update_tags(CLASSES=",".join(class_names), BUILDING_CLASS=str(building_class))
         self.rows_written = 0
 
     def add(self, prediction: TilePrediction) -> None:

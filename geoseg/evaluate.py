@@ -1,0 +1,134 @@
+"""``geoseg evaluate``: building pixel IoU / precision / recall and the SpaceNet polygon metric, across CRSs.
+
+Predictions are a ``geoseg run`` output folder (``mask.tif`` + ``buildings.gpkg``/``.parquet``/``.geojson``) or
+a class raster (+ optional polygons). The reference is a vector file (any CRS) or a 0/1 raster.
+
+* Pixel metrics are counted on the prediction's grid: the reference is rasterised (vector) or warped with
+  nearest neighbour (raster) onto it; pixels that are nodata in the prediction or unknown in the reference
+  are left out.
+* SpaceNet metric: predicted and reference polygons in one metric CRS (the local UTM zone), reference
+  polygons limited to those whose representative point falls on a valid prediction pixel; pairs are matched
+  one-to-one, greedily by decreasing IoU, and a match needs IoU >= 0.5. Precision = matches / predictions,
+  recall = matches / references, F1 their harmonic mean.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+from rasterio.features import shapes
+
+from .datasets import IGNORE, read_on_grid, vector_labels_on_grid
+from .errors import GeosegError
+from .read import Grid
+from .stitch import MASK_NODATA
+
+VECTOR_SUFFIXES = (".gpkg", ".parquet", ".geojson", ".shp", ".json", ".fgb")
+MATCH_IOU = 0.5
+
+
+def read_polygons(path: str | Path) -> gpd.GeoDataFrame:
+    path = Path(path)
+    frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+    if frame.crs is None:
+        raise GeosegError(f"{path}: polygons without a CRS")
+    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    return frame.explode(index_parts=False).reset_index(drop=True)[["geometry"]]
+
+
+def polygons_from_array(labels: np.ndarray, grid: Grid, value: int) -> gpd.GeoDataFrame:
+    geoms = [shapely.geometry.shape(g) for g, v in shapes(labels.astype(np.uint8), mask=labels == value,
+                                                            transform=grid.transform) if v == value]
+    return gpd.GeoDataFrame(geometry=gpd.GeoSeries(geoms, crs=grid.crs))
+
+
+def spacenet_scores(predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame) -> dict:
+    """One-to-one greedy matching by IoU >= 0.5 (both frames in the same metric CRS)."""
+    pred, ref = list(predicted.geometry), list(reference.geometry)
+    pairs = []
+    if pred and ref:
+        left, right = shapely.STRtree(ref).query(pred, predicate="intersects")
+        for i, j in zip(left.tolist(), right.tolist()):
+            inter = pred[i].intersection(ref[j]).area
+            iou = inter / (pred[i].area + ref[j].area - inter)
+            if iou >= MATCH_IOU:
+                pairs.append((iou, i, j))
+    matched_pred, matched_ref = set(), set()
+    for iou, i, j in sorted(pairs, reverse=True):
+        if i not in matched_pred and j not in matched_ref:
+            matched_pred.add(i)
+            matched_ref.add(j)
+    tp = len(matched_pred)
+    precision = tp / len(pred) if pred else 0.0
+    recall = tp / len(ref) if ref else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"spacenet_precision": round(precision, 4), "spacenet_recall": round(recall, 4), "spacenet_f1": round(f1, 4),
+            "matched": tp, "predicted_polygons": len(pred), "reference_polygons": len(ref)}
+
+
+def _prediction_files(prediction: Path, polygons: str | None) -> tuple[Path, Path | None, int]:
+    """(class raster, polygon file or None, building class) for a run folder or a raster file."""
+    building_class = 1
+    if prediction.is_dir():
+        mask = prediction / "mask.tif"
+        summary = prediction / "summary.json"
+        if summary.exists():
+            building_class = json.loads(summary.read_text()).get("building_class", 1)
+        found = [prediction / f"buildings{s}" for s in (".parquet", ".gpkg", ".geojson") if (prediction / f"buildings{s}").exists()]
+        vector = Path(polygons) if polygons else (found[0] if found else None)
+    else:
+        mask, vector = prediction, Path(polygons) if polygons else None
+    if not mask.exists():
+        raise GeosegError(f"{mask}: no prediction raster")
+    return mask, vector, building_class
+
+
+def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None = None,
+             building_class: int | None = None) -> dict:
+    """Metrics of a prediction against a reference (see the module docstring)."""
+    mask_path, vector_path, found_class = _prediction_files(Path(prediction), polygons)
+    building = found_class if building_class is None else building_class
+    reference = Path(reference)
+    if not reference.exists():
+        raise GeosegError(f"{reference}: no such reference file")
+    with rasterio.open(mask_path) as src:
+        grid = Grid(src.crs.to_wkt(), src.transform, src.width, src.height)
+        classes = src.read(1)
+    valid = classes != MASK_NODATA
+    if reference.suffix.lower() in VECTOR_SUFFIXES:
+        truth = vector_labels_on_grid(reference, grid)
+        ref_polygons = read_polygons(reference)
+    else:
+        truth = read_on_grid(reference, grid)
+        truth[(truth != IGNORE) & (truth > 0)] = 1
+        ref_polygons = polygons_from_array(truth, grid, 1)
+    known = valid & (truth != IGNORE)
+    pred_b, true_b = (classes == building) & known, (truth == 1) & known
+    tp, fp, fn = int((pred_b & true_b).sum()), int((pred_b & ~true_b).sum()), int((~pred_b & true_b).sum())
+    pixel = {"building_iou": round(tp / max(tp + fp + fn, 1), 4), "building_precision": round(tp / max(tp + fp, 1), 4),
+             "building_recall": round(tp / max(tp + fn, 1), 4), "pixels": int(known.sum())}
+    predicted = read_polygons(vector_path) if vector_path else polygons_from_array(np.where(valid, classes, MASK_NODATA), grid, building)
+    metric = predicted.estimate_utm_crs() if len(predicted) else ref_polygons.estimate_utm_crs()
+    predicted, ref_polygons = predicted.to_crs(metric), ref_polygons.to_crs(metric)
+    points = ref_polygons.representative_point().to_crs(grid.crs)
+    rows, cols = rasterio.transform.rowcol(grid.transform, points.x.to_numpy(), points.y.to_numpy())
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    inside = (rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
+    on_valid = np.zeros(len(ref_polygons), bool)
+    on_valid[inside] = valid[rows[inside], cols[inside]]
+    result = {"prediction": str(prediction), "reference": str(reference), **pixel,
+              **spacenet_scores(predicted, ref_polygons[on_valid])}
+    return result
+
+
+def format_table(result: dict) -> str:
+    rows = [(k, result[k]) for k in ("building_iou", "building_precision", "building_recall", "spacenet_f1",
+                                     "spacenet_precision", "spacenet_recall", "matched", "predicted_polygons",
+                                     "reference_polygons", "pixels")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

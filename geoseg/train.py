@@ -1,0 +1,326 @@
+"""``geoseg train``: train a segmentation model on real labelled imagery, CPU-friendly, resumable, deterministic.
+
+One epoch is ``steps_per_epoch`` batches of random ``crop_px`` crops (scale, flip/rotate and colour
+augmentation) drawn from the training scenes in proportion to their labelled area; after each epoch the model
+is evaluated on the held-out scenes, the best one (by ``select_metric``) is written as
+``OUT/best.safetensors`` + card, and ``OUT/checkpoint.pt`` holds everything needed by ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tqdm import tqdm
+
+from .card import ModelCard
+from .datasets import IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source
+from .errors import GeosegError
+from .model import SegmentationModel, save_model
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeotiffSource(_Strict):
+    kind: Literal["geotiff"]
+    image: str
+    labels: str | None = None
+    mask: str | None = None
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    gap_px: int = Field(64, ge=0)
+
+
+class ChipsSource(_Strict):
+    kind: Literal["chips"]
+    images: str
+    masks: str
+    split: Literal["train", "val"] = "train"
+    exclude_overlap_with: str | None = None
+
+
+class DubaiSource(_Strict):
+    kind: Literal["dubai"]
+    root: str
+    assumed_gsd_m: float = Field(gt=0)
+    val_tiles: list[str] = []
+
+
+Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource], Field(discriminator="kind")]
+
+
+class TrainConfig(_Strict):
+    name: str
+    encoder: str = "resnet18"
+    classes: list[str] = Field(min_length=2)
+    building_class: int = Field(ge=0)
+    gsd_m: float = Field(0.3, gt=0)
+    data_root: str = "."  # relative to the config file
+    sources: list[Source] = Field(min_length=1)
+    crop_px: int = Field(256, ge=64, multiple_of=32)
+    batch_size: int = Field(8, ge=2)
+    epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    threads: int | None = None
+    select_metric: str = "building_iou"
+    licence: str = ""
+    attribution: str = ""
+
+
+def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
+    """Parse and validate a YAML training config; errors name the field path. Returns (config, data root)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GeosegError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        config = TrainConfig.model_validate(raw)
+    except yaml.YAMLError as err:
+        raise GeosegError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise GeosegError(f"{path}: {where}: {first['msg']} ({err.error_count()} problem(s) in all)") from None
+    if config.building_class >= len(config.classes):
+        raise GeosegError(f"{path}: building_class: {config.building_class} is not an index into classes")
+    return config, (path.parent / config.data_root).resolve()
+
+
+def load_scenes(config: TrainConfig, root: Path) -> list[LabelledScene]:
+    scenes: list[LabelledScene] = []
+    at = lambda p: str(root / p) if p else None  # noqa: E731
+    for src in config.sources:
+        if isinstance(src, GeotiffSource):
+            scenes += geotiff_source(at(src.image), config.gsd_m, labels=at(src.labels), mask=at(src.mask),
+                                     val_fraction=src.val_fraction, gap_px=src.gap_px)
+        elif isinstance(src, ChipsSource):
+            scenes += chips_source(at(src.images), at(src.masks), config.gsd_m, split=src.split,
+                                   exclude_overlap_with=at(src.exclude_overlap_with))
+        else:
+            scenes += dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles)
+    return scenes
+
+
+def bf16_is_fast() -> bool:
+    """bf16 autocast pays off on CPUs with AMX or AVX512-BF16 (and on CUDA); elsewhere it is slower than fp32."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class CropSampler:
+    """Random augmented crops: scale 0.75-1.33, flips and 90° turns, per-band gain/bias/gamma, some greyscale."""
+
+    def __init__(self, scenes: list[LabelledScene], crop_px: int, rng: np.random.Generator):
+        self.scenes, self.crop_px, self.rng = scenes, crop_px, rng
+        weights = np.array([max(s.labels.size * s.labelled_fraction, 64 * 64) for s in scenes], float)
+        self.p = weights / weights.sum()
+
+    def crop(self) -> tuple[np.ndarray, np.ndarray]:
+        rng, out = self.rng, self.crop_px
+        for _ in range(20):  # retry crops with nothing labelled
+            scene = self.scenes[rng.choice(len(self.scenes), p=self.p)]
+            size = int(round(out * rng.uniform(0.75, 1.33)))
+            h, w = scene.labels.shape
+            r0 = int(rng.integers(0, max(1, h - size + 1)))
+            c0 = int(rng.integers(0, max(1, w - size + 1)))
+            pixels = np.zeros((3, size, size), np.float32)
+            labels = np.full((size, size), IGNORE, np.uint8)
+            ph, pw = min(size, h - r0), min(size, w - c0)
+            pixels[:, :ph, :pw] = scene.pixels[:, r0 : r0 + ph, c0 : c0 + pw]
+            labels[:ph, :pw] = scene.labels[r0 : r0 + ph, c0 : c0 + pw]
+            if (labels != IGNORE).mean() > 0.05:
+                break
+        x = F.interpolate(torch.from_numpy(pixels)[None], size=(out, out), mode="bilinear", align_corners=False)[0]
+        y = F.interpolate(torch.from_numpy(labels)[None, None].float(), size=(out, out), mode="nearest")[0, 0]
+        x, y = x.numpy(), y.numpy().astype(np.int64)
+        k = int(rng.integers(4))
+        x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
+        if rng.random() < 0.5:
+            x, y = x[:, :, ::-1], y[:, ::-1]
+        if rng.random() < 0.2:
+            x = np.repeat(x.mean(axis=0, keepdims=True), 3, axis=0)
+        gain, bias = rng.uniform(0.8, 1.2, (3, 1, 1)), rng.uniform(-0.1, 0.1, (3, 1, 1))
+        x = np.clip(x * gain + bias, 0, 1) ** rng.uniform(0.7, 1.4)
+        return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y)
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crops = [self.crop() for _ in range(size)]
+        return torch.from_numpy(np.stack([c[0] for c in crops])), torch.from_numpy(np.stack([c[1] for c in crops]))
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + soft Dice over classes, both ignoring IGNORE pixels."""
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    known = (target != IGNORE).unsqueeze(1).float()
+    probs = logits.float().softmax(1) * known
+    onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).float() * known
+    inter, total = (probs * onehot).sum((0, 2, 3)), (probs + onehot).sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    dice = 1 - (2 * inter[present] + 1) / (total[present] + 1)
+    return ce + dice.mean()
+
+
+def standardise(x: torch.Tensor, card: ModelCard) -> torch.Tensor:
+    mean = torch.tensor(card.norm_mean).view(1, -1, 1, 1)
+    std = torch.tensor(card.norm_std).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def predict_scene(net: SegmentationModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
+    """Class labels (h, w) of an in-memory scene, in tiles of at most ``tile_px`` (no overlap: validation only)."""
+    _, h, w = pixels.shape
+    out = np.zeros((h, w), np.uint8)
+    for r in range(0, h, tile_px):
+        for c in range(0, w, tile_px):
+            x = torch.from_numpy(np.ascontiguousarray(pixels[:, r : r + tile_px, c : c + tile_px]))[None]
+            th, tw = x.shape[-2:]
+            x = F.pad(x, (0, -tw % 32, 0, -th % 32), mode="replicate")
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = net(standardise(x, net.card))
+            out[r : r + th, c : c + tw] = logits[0, :, :th, :tw].argmax(0).numpy()
+    return out
+
+
+def confusion(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
+    known = target != IGNORE
+    return np.bincount(target[known].astype(np.int64) * n_classes + pred[known], minlength=n_classes**2).reshape(n_classes, n_classes)
+
+
+def metrics_from_confusion(matrix: np.ndarray, classes: list[str], building_class: int) -> dict:
+    """Per-class IoU, mean IoU, and building IoU / precision / recall from a (true, predicted) confusion matrix."""
+    tp = np.diag(matrix).astype(float)
+    fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
+    iou = tp / np.maximum(tp + fp + fn, 1)
+    b = building_class
+    return {
+        "building_iou": round(float(iou[b]), 4),
+        "building_precision": round(float(tp[b] / max(tp[b] + fp[b], 1)), 4),
+        "building_recall": round(float(tp[b] / max(tp[b] + fn[b], 1)), 4),
+        "mean_iou": round(float(iou.mean()), 4),
+        "class_iou": {name: round(float(v), 4) for name, v in zip(classes, iou)},
+        "pixels": int(matrix.sum()),
+    }
+
+
+def validate(net: SegmentationModel, scenes: list[LabelledScene], autocast: bool) -> tuple[dict, dict]:
+    """Metrics over all validation scenes pooled, and per scene (so a test can re-check a card on one slice)."""
+    net.eval()
+    n, card = len(net.card.classes), net.card
+    matrices = {s.name: confusion(predict_scene(net, s.pixels, autocast), s.labels, n) for s in scenes}
+    pooled = metrics_from_confusion(sum(matrices.values()), card.classes, card.building_class)
+    per_scene = {}
+    for name, m in matrices.items():
+        scene_metrics = metrics_from_confusion(m, card.classes, card.building_class)
+        per_scene[name] = {k: scene_metrics[k] for k in ("building_iou", "mean_iou", "pixels")}
+    return pooled, per_scene
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
+          data_root: str | None = None, seed: int | None = None, progress: bool = True,
+          stop_after_epochs: int | None = None) -> dict:
+    """Train as the config says; returns the best validation metrics so far. See the module docstring.
+
+    ``stop_after_epochs``: return after that many epochs of this call (resume later with ``resume=True``);
+    the result is the same as one uninterrupted run.
+    """
+    config, root = load_config(config_path)
+    if seed is not None:
+        config.seed = seed
+    root = Path(data_root).resolve() if data_root else root
+    if not root.is_dir():
+        raise GeosegError(f"data_root {root} does not exist")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    rng = np.random.default_rng(config.seed)
+    scenes = load_scenes(config, root)
+    train_scenes = [s for s in scenes if s.split == "train"]
+    val_scenes = [s for s in scenes if s.split == "val"]
+    if not train_scenes or not val_scenes:
+        raise GeosegError("the sources give no training or no validation scenes: check splits and val_fraction")
+    autocast = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast())
+    card = ModelCard(name=config.name, architecture="unet", encoder=config.encoder, classes=config.classes,
+                     building_class=config.building_class, bands=["red", "green", "blue"], gsd_m=config.gsd_m,
+                     licence=config.licence, attribution=config.attribution)
+    net = SegmentationModel(card).to(memory_format=torch.channels_last)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * config.steps_per_epoch
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.05)
+    state = {"epoch": 0, "history": [], "best": None, "seconds": 0.0}
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=True)
+        net.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        schedule.load_state_dict(saved["schedule"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+    sampler = CropSampler(train_scenes, config.crop_px, rng)
+    data_summary = {"train": {s.name: list(s.labels.shape) for s in train_scenes},
+                    "val": {s.name: list(s.labels.shape) for s in val_scenes}}
+    last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, state["epoch"] + stop_after_epochs)
+    for epoch in range(state["epoch"], last_epoch):
+        started = time.perf_counter()
+        net.train()
+        losses = []
+        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                   file=sys.stderr, leave=False)
+        for _ in bar:
+            x, y = sampler.batch(config.batch_size)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = segmentation_loss(net(standardise(x, card)), y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        metrics, per_scene = validate(net, val_scenes, autocast)
+        state["seconds"] += time.perf_counter() - started
+        entry = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 4), **metrics,
+                 "seconds": round(state["seconds"], 1)}
+        state["history"].append(entry)
+        print(json.dumps({k: v for k, v in entry.items() if k != "class_iou"}), file=sys.stderr, flush=True)
+        if state["best"] is None or metrics[config.select_metric] > state["best"][config.select_metric]:
+            state["best"] = entry
+            card.trained = True
+            card.metrics = {"validation": entry, "validation_per_scene": per_scene}
+            card.training = {"config": str(config_path), "config_values": json.loads(config.model_dump_json()),
+                             "epochs_run": epoch + 1, "seconds": round(state["seconds"], 1), "bf16_autocast": autocast,
+                             "torch": torch.__version__, "data": data_summary}
+            save_model(net, out / "best.safetensors")
+        state["epoch"] = epoch + 1
+        _save_checkpoint(checkpoint, {"model": net.state_dict(), "optimiser": optimiser.state_dict(),
+                                      "schedule": schedule.state_dict(), "rng": rng.bit_generator.state,
+                                      "torch_rng": torch.get_rng_state(), "state": state})
+        (out / "history.json").write_text(json.dumps(state["history"], indent=2))
+    return state["best"]

@@ -1,0 +1,67 @@
+"""geoseg evaluate on hand-made polygons with known overlaps; reference in another CRS than the prediction."""
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+
+from geoseg.evaluate import evaluate, spacenet_scores
+from geoseg.stitch import MASK_NODATA
+
+from conftest import write_scene
+
+TRANSFORM = Affine(1.0, 0, 452_000.0, 0, -1.0, 40_000.0)  # UTM 36N, 1 m pixels
+# (row0, col0, row1, col1) in pixels
+PRED = [(10, 10, 20, 20), (30, 12, 40, 22), (50, 15, 60, 25), (70, 50, 80, 60)]
+REF = [(10, 10, 20, 20), (30, 10, 40, 20), (50, 10, 60, 20), (70, 10, 80, 20), (90, 80, 96, 90)]  # last: on nodata
+
+
+def to_polygon(r0, c0, r1, c1):
+    return shapely.box(*(TRANSFORM @ (c0, r1)), *(TRANSFORM @ (c1, r0)))
+
+
+@pytest.fixture
+def case(tmp_path):
+    mask = np.zeros((100, 100), np.uint8)
+    for r0, c0, r1, c1 in PRED:
+        mask[r0:r1, c0:c1] = 1
+    mask[88:, :] = MASK_NODATA
+    run = tmp_path / "run"
+    run.mkdir()
+    write_scene(run / "mask.tif", mask[None], transform=TRANSFORM, nodata=MASK_NODATA)
+    gpd.GeoDataFrame(geometry=[to_polygon(*r) for r in PRED], crs="EPSG:32636").to_file(run / "buildings.gpkg")
+    reference = tmp_path / "reference.geojson"
+    gpd.GeoDataFrame(geometry=[to_polygon(*r) for r in REF], crs="EPSG:32636").to_crs("EPSG:4326").to_file(reference)
+    return run, reference
+
+
+def test_pixel_and_spacenet_metrics_are_exact(case):
+    run, reference = case
+    result = evaluate(run, reference)
+    # pixels: prediction 400, reference 400 on valid ground, overlap 100 + 80 + 50 = 230
+    assert result["building_iou"] == pytest.approx(230 / 570, abs=1e-4)
+    assert result["building_precision"] == pytest.approx(230 / 400, abs=1e-4)
+    assert result["building_recall"] == pytest.approx(230 / 400, abs=1e-4)
+    # polygons: A matches (IoU 1), B matches (80/120), C does not (50/150), D and E unmatched; the 5th is on nodata
+    assert (result["matched"], result["predicted_polygons"], result["reference_polygons"]) == (2, 4, 4)
+    assert result["spacenet_f1"] == pytest.approx(0.5) and result["spacenet_precision"] == pytest.approx(0.5)
+
+
+def test_polygons_from_the_mask_and_raster_reference_give_the_same(case, tmp_path):
+    run, _ = case
+    ref_mask = np.zeros((100, 100), np.uint8)
+    for r0, c0, r1, c1 in REF[:4]:
+        ref_mask[r0:r1, c0:c1] = 1
+    ref_path = write_scene(tmp_path / "ref.tif", ref_mask[None], transform=TRANSFORM)
+    (run / "buildings.gpkg").unlink()
+    result = evaluate(run, ref_path)
+    assert result["building_iou"] == pytest.approx(230 / 570, abs=1e-4)
+    assert result["matched"] == 2 and result["spacenet_f1"] == pytest.approx(0.5)
+
+
+def test_matching_is_one_to_one():
+    ref = gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 10, 10)], crs="EPSG:32636")
+    pred = gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 10, 10), shapely.box(0, 0, 10, 9)], crs="EPSG:32636")
+    scores = spacenet_scores(pred, ref)
+    assert scores["matched"] == 1 and scores["spacenet_precision"] == 0.5 and scores["spacenet_recall"] == 1.0

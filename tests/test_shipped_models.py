@@ -1,0 +1,43 @@
+"""Shipped models load, and their cards' metrics come from a real evaluation: re-run on the smallest
+validation scene recorded in the card, the metric must match (so a card cannot drift from its weights)."""
+
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from geoseg.card import ModelCard
+from geoseg.model import load_model
+from geoseg.train import TrainConfig, bf16_is_fast, load_scenes, validate
+
+from conftest import SHARED_DATA, needs_shared_data
+
+MODELS = sorted(Path(str(resources.files("geoseg.models"))).glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("weights", MODELS, ids=lambda p: p.stem)
+def test_shipped_model_loads_with_a_complete_card(weights):
+    net, sha = load_model(str(weights))
+    card = net.card
+    assert weights.stat().st_size <= 30 * 1024 * 1024 and len(sha) == 64
+    assert card.classes and card.gsd_m > 0 and card.bands
+    if card.trained:
+        assert card.metrics["validation"] and card.training["config_values"] and card.attribution
+
+
+@needs_shared_data()
+@pytest.mark.parametrize("weights", MODELS, ids=lambda p: p.stem)
+def test_card_metrics_reproduce_on_a_validation_slice(weights):
+    card = ModelCard.from_json(weights.with_suffix(".json"))
+    if not card.trained:
+        pytest.skip(f"{card.name} is an untrained placeholder: no metrics to check")
+    per_scene = card.metrics["validation_per_scene"]
+    name = min(per_scene, key=lambda n: per_scene[n]["pixels"] if per_scene[n]["pixels"] > 20_000 else 1e12)
+    config = TrainConfig.model_validate(card.training["config_values"])
+    scenes = [s for s in load_scenes(config, SHARED_DATA.resolve()) if s.name == name]
+    assert len(scenes) == 1, f"validation scene {name} not found in the data"
+    net, _ = load_model(str(weights))
+    _, measured = validate(net, scenes, autocast=card.training.get("bf16_autocast", False) and bf16_is_fast())
+    metric = "building_iou" if len(card.classes) == 2 else "mean_iou"
+    assert measured[name]["pixels"] == per_scene[name]["pixels"]
+    assert measured[name][metric] == pytest.approx(per_scene[name][metric], abs=0.02)
