@@ -40,6 +40,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: CPU cores; 0: in-process)")
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N]")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

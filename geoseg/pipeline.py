@@ -43,6 +43,7 @@ class RunOptions:
     backend: str = "unet"
     model: str | None = None
     device: str = "cpu"
+    precision: str = "auto"
     tile_px: int = 512
     overlap_px: int = 64
     batch_tiles: int = 4
@@ -173,7 +174,7 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     unknown = set(opts.formats) - set(VECTOR_FORMATS)
     if unknown:
         raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
-    spec: BackendSpec | Backend = backend or BackendSpec(opts.backend, opts.model, opts.device)
+    spec: BackendSpec | Backend = backend or BackendSpec(opts.backend, opts.model, opts.device, opts.precision)
     if backend is not None:
         card, sha256 = backend.card, backend.model_sha256
     else:
@@ -230,7 +231,9 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     if not stitcher.complete:
         raise GeosegError("internal error: not every row of the scene was stitched")
     t = time.perf_counter()
-    pieces = building_pieces(mask_tmp, prob_tmp, grid, card.building_class)
+    # 0.8: a margin for the difference between pixel area and area in the metric CRS; exact filter follows
+    min_pixels = int(0.8 * opts.min_area_m2 / facts["grid_gsd_m"] ** 2)
+    pieces = building_pieces(mask_tmp, prob_tmp, grid, card.building_class, min_pixels=min_pixels)
     frame = pieces_to_frame(pieces, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m)
     vectorise_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -252,6 +255,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
         "building_class": card.building_class,
         "model_sha256": sha256,
         "device": opts.device,
+        "precision": opts.precision,
         "tile_px": opts.tile_px,
         "overlap_px": opts.overlap_px,
         "tiles_total": len(tiles),

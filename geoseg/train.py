@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from .card import ModelCard
 from .datasets import IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source
 from .errors import GeosegError
-from .model import SegmentationModel, save_model
+from .model import SegmentationModel, save_model, use_bf16
 
 
 class _Strict(BaseModel):
@@ -114,17 +113,6 @@ def load_scenes(config: TrainConfig, root: Path) -> list[LabelledScene]:
         else:
             scenes += dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles)
     return scenes
-
-
-def bf16_is_fast() -> bool:
-    """bf16 autocast pays off on CPUs with AMX or AVX512-BF16 (and on CUDA); elsewhere it is slower than fp32."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 class CropSampler:
@@ -266,7 +254,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     val_scenes = [s for s in scenes if s.split == "val"]
     if not train_scenes or not val_scenes:
         raise GeosegError("the sources give no training or no validation scenes: check splits and val_fraction")
-    autocast = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast())
+    autocast = use_bf16(config.precision)
     card = ModelCard(name=config.name, architecture="unet", encoder=config.encoder, classes=config.classes,
                      building_class=config.building_class, bands=["red", "green", "blue"], gsd_m=config.gsd_m,
                      licence=config.licence, attribution=config.attribution)

@@ -97,8 +97,13 @@ def _merge_border_pieces(pieces: list[Piece]) -> list[Piece]:
 
 
 def building_pieces(mask_path: str, probability_path: str, grid: Grid, building_class: int,
-                    window_px: int = 2048) -> list[Piece]:
-    """All buildings of a stitched class raster, merged across window borders, in pixel coordinates."""
+                    window_px: int = 2048, min_pixels: int = 0) -> list[Piece]:
+    """All buildings of a stitched class raster, merged across window borders, in pixel coordinates.
+
+    Components under ``min_pixels`` that touch no inner window border are dropped before they become polygons
+    (a noisy mask would otherwise hold millions of specks in memory); the exact ``min_area_m2`` filter is
+    applied later, in square metres.
+    """
     final, border = [], []
     with rasterio.open(mask_path) as mask_ds, rasterio.open(probability_path) as prob_ds:
         for row in range(0, grid.height, window_px):
@@ -110,6 +115,11 @@ def building_pieces(mask_path: str, probability_path: str, grid: Grid, building_
                 prob = prob_ds.read(1, window=window).astype(np.float64)
                 labels, count = ndimage.label(is_building, structure=_FOUR_CONNECTED)
                 touching = _border_labels(labels, window, grid)
+                if min_pixels > 1:
+                    small = np.bincount(labels.ravel(), minlength=count + 1) < min_pixels
+                    small[0] = False
+                    small[list(touching)] = False
+                    labels[small[labels]] = 0
                 for label, piece in _window_pieces(labels, count, prob, window).items():
                     (border if label in touching else final).append(piece)
     return final + _merge_border_pieces(border)

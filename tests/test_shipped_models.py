@@ -8,7 +8,8 @@ import pytest
 
 from geoseg.card import ModelCard
 from geoseg.model import load_model
-from geoseg.train import TrainConfig, bf16_is_fast, load_scenes, validate
+from geoseg.model import bf16_is_fast
+from geoseg.train import TrainConfig, load_scenes, validate
 
 from conftest import SHARED_DATA, needs_shared_data
 

@@ -102,3 +102,16 @@ def test_no_buildings_still_writes_valid_empty_layers(tmp_path, fast_options):
     for name in ("buildings.geojson", "buildings.gpkg", "buildings.shp"):
         assert pyogrio.read_info(tmp_path / "out" / "empty" / name)["features"] == 0
     assert len(gpd.read_parquet(tmp_path / "out" / "empty" / "buildings.parquet")) == 0
+
+
+def test_specks_are_dropped_early_but_border_pieces_are_kept(tmp_path):
+    mask = np.zeros((128, 128), np.uint8)
+    mask[10, 10] = 1  # a one-pixel speck inside a window
+    mask[20:30, 20:30] = 1  # a real building
+    mask[62:66, 100:101] = 1  # 4 pixels split 2 + 2 by the window border at row 64: kept until merged
+    grid = Grid(rasterio.crs.CRS.from_epsg(32636).to_wkt(), Affine(0.5, 0, 452_000, 0, -0.5, 40_000), 128, 128)
+    paths = {}
+    for name, arr in (("mask", mask), ("prob", mask * 200)):
+        paths[name] = str(write_scene(tmp_path / f"{name}.tif", arr[None].astype(np.uint8), gsd_m=0.5))
+    pieces = building_pieces(paths["mask"], paths["prob"], grid, 1, window_px=64, min_pixels=3)
+    assert sorted(p.pixels for p in pieces) == [4, 100]

@@ -43,11 +43,13 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """What a worker needs to build a backend: registry name, model (name or path), torch device."""
+    """What a worker needs to build a backend: registry name, model (name or path), torch device, precision
+    ("auto": bf16 autocast where the hardware makes it faster, else fp32)."""
 
     name: str = "unet"
     model: str | None = None
     device: str = "cpu"
+    precision: str = "auto"
 
 
 def backend_class(name: str):
@@ -68,4 +70,4 @@ def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
 @functools.lru_cache(maxsize=4)
 def load_backend(spec: BackendSpec) -> Backend:
     """Build (once per process) the backend a spec names."""
-    return backend_class(spec.name)(model=spec.model, device=spec.device)
+    return backend_class(spec.name)(model=spec.model, device=spec.device, precision=spec.precision)
