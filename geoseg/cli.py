@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     best = train(args.config, args.out, resume=args.resume, data_root=args.data_root, seed=args.seed,
-                 progress=not args.quiet, stop_after_epochs=args.stop_after)
+                 progress=not args.quiet, stop_after_epochs=args.stop_after, threads=args.threads)
     print(f"best epoch {best['epoch']}: building IoU {best['building_iou']}, mean IoU {best['mean_iou']}; "
           f"model in {Path(args.out) / 'best.safetensors'} (+ .json card)")
     return 0
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-root", default=None, help="override the config's data_root")
     tr.add_argument("--seed", type=int, default=None, help="override the config's seed")
     tr.add_argument("--stop-after", type=int, default=None, help="stop after N epochs of this call (resume later)")
+    tr.add_argument("--threads", type=int, default=None, help="torch threads for this run (default: the config's, else all cores)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
     ev = sub.add_parser("evaluate", help="pixel IoU and SpaceNet F1 of a prediction against reference labels")

@@ -111,7 +111,8 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     pred_b, true_b = (classes == building) & known, (truth == 1) & known
     tp, fp, fn = int((pred_b & true_b).sum()), int((pred_b & ~true_b).sum()), int((~pred_b & true_b).sum())
     pixel = {"building_iou": round(tp / max(tp + fp + fn, 1), 4), "building_precision": round(tp / max(tp + fp, 1), 4),
-             "building_recall": round(tp / max(tp + fn, 1), 4), "pixels": int(known.sum())}
+             "building_recall": round(tp / max(tp + fn, 1), 4), "pixels": int(known.sum()),
+             "tp_pixels": tp, "fp_pixels": fp, "fn_pixels": fn}
     predicted = read_polygons(vector_path) if vector_path else polygons_from_array(np.where(valid, classes, MASK_NODATA), grid, building)
     metric = predicted.estimate_utm_crs() if len(predicted) else ref_polygons.estimate_utm_crs()
     predicted, ref_polygons = predicted.to_crs(metric), ref_polygons.to_crs(metric)

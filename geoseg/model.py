@@ -90,6 +90,7 @@ def save_model(net: SegmentationModel, path: str | os.PathLike, half: bool = Tru
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors creates 0600 files; shipped weights must be readable by all
     os.replace(tmp, path)
     net.card.to_json(path.with_suffix(".json"))
     return file_sha256(path)

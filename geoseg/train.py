@@ -232,11 +232,12 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
           data_root: str | None = None, seed: int | None = None, progress: bool = True,
-          stop_after_epochs: int | None = None) -> dict:
+          stop_after_epochs: int | None = None, threads: int | None = None) -> dict:
     """Train as the config says; returns the best validation metrics so far. See the module docstring.
 
     ``stop_after_epochs``: return after that many epochs of this call (resume later with ``resume=True``);
-    the result is the same as one uninterrupted run.
+    the result is the same as one uninterrupted run. ``threads`` overrides the config's torch threads for this
+    call only (two trainings side by side need one thread each: oversubscribed OpenMP threads spin and crawl).
     """
     config, root = load_config(config_path)
     if seed is not None:
@@ -247,7 +248,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or config.threads or os.cpu_count() or 1)
     rng = np.random.default_rng(config.seed)
     scenes = load_scenes(config, root)
     train_scenes = [s for s in scenes if s.split == "train"]
