@@ -20,7 +20,7 @@ from pathlib import Path
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.datasets import footprint_4326
+from geoseg.datasets import chips_sharing_no_ground
 from geoseg.evaluate import evaluate
 from geoseg.train import ChipsSource, GeotiffSource, load_config
 
@@ -45,15 +45,9 @@ def validation_regions(config_path: str, out: Path) -> list[tuple[Path, Path]]:
                         dst.write_mask(ds.dataset_mask(window=window))
             regions.append((path, root / src.labels))
         elif isinstance(src, ChipsSource) and src.split == "val":
-            taken = None
-            if src.exclude_overlap_with:
-                import shapely
-
-                taken = shapely.union_all([footprint_4326(p) for p in (root / src.exclude_overlap_with).glob("*.tif")])
             reference = root / Path(src.images).parent / "chips_buildings.geojson"
-            for chip in sorted((root / src.images).glob("*.tif")):
-                if taken is None or footprint_4326(chip).intersection(taken).area == 0:
-                    regions.append((chip, reference))
+            other = root / src.exclude_overlap_with if src.exclude_overlap_with else None
+            regions += [(chip, reference) for chip in chips_sharing_no_ground(root / src.images, other)]
     return regions
 
 

@@ -112,17 +112,21 @@ def footprint_4326(path: str | Path) -> shapely.Polygon:
         return shapely.box(*transform_bounds(src.crs, "EPSG:4326", *src.bounds))
 
 
+def chips_sharing_no_ground(images: str | Path, other: str | Path | None) -> list[Path]:
+    """GeoTIFF chips of ``images`` whose footprint shares no ground with any chip in ``other`` (all if None)."""
+    chips = sorted(Path(images).glob("*.tif"))
+    if not other:
+        return chips
+    taken = shapely.union_all([footprint_4326(p) for p in Path(other).glob("*.tif")])
+    return [c for c in chips if footprint_4326(c).intersection(taken).area == 0]
+
+
 def chips_source(images: str, masks: str, gsd_m: float, split: str = "train", name: str | None = None,
                  exclude_overlap_with: str | None = None) -> list[LabelledScene]:
     """Chip/mask pairs. ``exclude_overlap_with``: a folder of chips; chips sharing ground with any of them are
     dropped (Kampala's val-chips partly cover the same ground as its training chips at other zoom levels)."""
     scenes = []
-    taken = None
-    if exclude_overlap_with:
-        taken = shapely.union_all([footprint_4326(p) for p in Path(exclude_overlap_with).glob("*.tif")])
-    for chip in sorted(Path(images).glob("*.tif")):
-        if taken is not None and footprint_4326(chip).intersection(taken).area > 0:
-            continue
+    for chip in chips_sharing_no_ground(images, exclude_overlap_with):
         candidates = [Path(masks) / f"{chip.stem}.mask.tif", Path(masks) / chip.name]
         mask = next((m for m in candidates if m.exists()), None)
         if mask is None:

@@ -7,7 +7,8 @@ a class raster (+ optional polygons). The reference is a vector file (any CRS) o
   nearest neighbour (raster) onto it; pixels that are nodata in the prediction or unknown in the reference
   are left out.
 * SpaceNet metric: predicted and reference polygons in one metric CRS (the local UTM zone), reference
-  polygons limited to those whose representative point falls on a valid prediction pixel; pairs are matched
+  polygons cut to the prediction's footprint and limited to those whose representative point falls on a valid
+  prediction pixel; polygons of either side under ``min_area_m2`` (default 4, as ``geoseg run``) are left out; pairs are matched
   one-to-one, greedily by decreasing IoU, and a match needs IoU >= 0.5. Precision = matches / predictions,
   recall = matches / references, F1 their harmonic mean.
 """
@@ -89,7 +90,7 @@ def _prediction_files(prediction: Path, polygons: str | None) -> tuple[Path, Pat
 
 
 def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None = None,
-             building_class: int | None = None) -> dict:
+             building_class: int | None = None, min_area_m2: float = 4.0) -> dict:
     """Metrics of a prediction against a reference (see the module docstring)."""
     mask_path, vector_path, found_class = _prediction_files(Path(prediction), polygons)
     building = found_class if building_class is None else building_class
@@ -116,6 +117,12 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     predicted = read_polygons(vector_path) if vector_path else polygons_from_array(np.where(valid, classes, MASK_NODATA), grid, building)
     metric = predicted.estimate_utm_crs() if len(predicted) else ref_polygons.estimate_utm_crs()
     predicted, ref_polygons = predicted.to_crs(metric), ref_polygons.to_crs(metric)
+    # as SpaceNet does: reference buildings are cut to the image footprint before matching
+    footprint = gpd.GeoSeries([shapely.box(*rasterio.transform.array_bounds(grid.height, grid.width, grid.transform))],
+                              crs=grid.crs).to_crs(metric).iloc[0]
+    ref_polygons = ref_polygons.assign(geometry=ref_polygons.geometry.intersection(footprint))
+    ref_polygons = ref_polygons[ref_polygons.geometry.area >= min_area_m2].reset_index(drop=True)
+    predicted = predicted[predicted.geometry.area >= min_area_m2].reset_index(drop=True)
     points = ref_polygons.representative_point().to_crs(grid.crs)
     rows, cols = rasterio.transform.rowcol(grid.transform, points.x.to_numpy(), points.y.to_numpy())
     rows, cols = np.asarray(rows), np.asarray(cols)
