@@ -5,7 +5,7 @@
 1. float32 matmul peak of this machine (all torch threads), GFLOP/s;
 2. the default model's forward pass on a batch of 512 px tiles: GFLOP per tile (counted with torch's
    FlopCounterMode, 2 FLOP per multiply-add), encoder/decoder split, achieved GFLOP/s in the default memory
-   format and in channels_last, as a share of the matmul peak;
+   format, in channels_last, and in channels_last under bf16 autocast, as a share of the fp32 matmul peak;
 3. end to end on generated scenes of each size (LocalCluster, one torch thread per worker): Mpx/s, peak RSS
    of driver and workers (it must not grow with scene size), and the share of time outside the model
    (read + stitch + vectorise + write).
@@ -48,13 +48,16 @@ def model_figures(batch: int = 4, tile_px: int = 512, repeats: int = 3) -> dict:
         decoder_flop = count_dec.get_total_flops()
         total_flop = encoder_flop + decoder_flop
         result = {"gflop_per_tile": total_flop / batch / 1e9, "decoder_share_of_flop": decoder_flop / total_flop}
-        for label, fmt in (("default", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        variants = (("default", torch.contiguous_format, False), ("channels_last", torch.channels_last, False),
+                    ("channels_last_bf16", torch.channels_last, True))
+        for label, fmt, bf16 in variants:
             net = net.to(memory_format=fmt)
             xf = x.contiguous(memory_format=fmt)
-            net(xf)  # warm-up: oneDNN picks and caches kernels
-            t = time.perf_counter()
-            for _ in range(repeats):
-                net(xf)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                net(xf)  # warm-up: oneDNN picks and caches kernels
+                t = time.perf_counter()
+                for _ in range(repeats):
+                    net(xf)
             seconds = (time.perf_counter() - t) / repeats
             result[f"gflops_{label}"] = total_flop / seconds / 1e9
             result[f"tiles_per_s_{label}"] = batch / seconds
@@ -82,7 +85,7 @@ def main() -> None:
     model = model_figures()
     print(f"matmul peak ({threads} threads): {peak:.1f} GFLOP/s")
     print(f"U-Net forward: {model['gflop_per_tile']:.1f} GFLOP per 512 px tile, decoder {model['decoder_share_of_flop']:.0%} of it")
-    for label in ("default", "channels_last"):
+    for label in ("default", "channels_last", "channels_last_bf16"):
         print(f"  {label:>13}: {model[f'gflops_{label}']:.1f} GFLOP/s = {model[f'gflops_{label}'] / peak:.0%} of peak, "
               f"{model[f'tiles_per_s_{label}']:.2f} tiles/s")
     scenes = []
