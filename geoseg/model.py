@@ -14,6 +14,7 @@ from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -50,6 +51,25 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Scene-stretched [0, 1] pixels (N, bands, H, W) -> model input: standardised with the card's mean/std,
+        padded at the bottom/right to the card's size multiple, channels_last. Training and inference both
+        call this, so they cannot drift apart."""
+        mean = torch.tensor(self.card.norm_mean, device=pixels.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.card.norm_std, device=pixels.device).view(1, -1, 1, 1)
+        x = pad_to_multiple((pixels - mean) / std, self.card.size_multiple_px)
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (N, C, H, W) at the bottom/right up to a multiple of ``multiple`` px (reflect, or replicate when tiny)."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def bf16_is_fast(device: str = "cpu") -> bool:

@@ -168,12 +168,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return ce + dice.mean()
 
 
-def standardise(x: torch.Tensor, card: ModelCard) -> torch.Tensor:
-    mean = torch.tensor(card.norm_mean).view(1, -1, 1, 1)
-    std = torch.tensor(card.norm_std).view(1, -1, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
 @torch.inference_mode()
 def predict_scene(net: SegmentationModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
     """Class labels (h, w) of an in-memory scene, in tiles of at most ``tile_px`` (no overlap: validation only)."""
@@ -183,9 +177,8 @@ def predict_scene(net: SegmentationModel, pixels: np.ndarray, autocast: bool, ti
         for c in range(0, w, tile_px):
             x = torch.from_numpy(np.ascontiguousarray(pixels[:, r : r + tile_px, c : c + tile_px]))[None]
             th, tw = x.shape[-2:]
-            x = F.pad(x, (0, -tw % 32, 0, -th % 32), mode="replicate")
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                logits = net(standardise(x, net.card))
+                logits = net(net.prepare(x))
             out[r : r + th, c : c + tw] = logits[0, :, :th, :tw].argmax(0).numpy()
     return out
 
@@ -286,7 +279,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         for _ in bar:
             x, y = sampler.batch(config.batch_size)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss = segmentation_loss(net(standardise(x, card)), y)
+                loss = segmentation_loss(net(net.prepare(x)), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
