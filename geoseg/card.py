@@ -32,6 +32,12 @@ class ModelCard:
     # Inputs are stretched per band to [0, 1] from the scene's percentiles, then standardised with these.
     norm_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     norm_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    # A class for the line where touching buildings meet: part of a building in the published mask, but kept
+    # out of polygons so that touching buildings come out as separate footprints. Always the last class.
+    separator_class: int | None = None
+    # How predicted separators split polygons (see geoseg.vectorise); tuned per model, overridable per run.
+    separator_threshold: float = 0.5
+    separator_dilate_px: int = 0
     size_multiple_px: int = 32
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     trained: bool = False
@@ -39,6 +45,11 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     licence: str = ""
     attribution: str = ""
+
+    @property
+    def mask_classes(self) -> list[str]:
+        """Classes of the published mask (the separator folded into the building class)."""
+        return self.classes if self.separator_class is None else self.classes[: self.separator_class]
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "ModelCard":

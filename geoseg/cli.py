@@ -23,7 +23,8 @@ def _formats(text: str) -> list[str]:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default="geoseg-output", help="output folder; results go to OUT/<scene-stem>/")
-    p.add_argument("--backend", default="unet", help="segmentation backend (default: unet)")
+    p.add_argument("--backend", default="auto",
+                   help="auto (default: bgs if the model has a calibrated gate, else unet), unet, bgs")
     p.add_argument("--model", default=None, help="model name shipped with geoseg, or path to NAME.safetensors")
     p.add_argument("--tile", type=int, default=512, dest="tile_px", help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, dest="overlap_px", help="tile overlap in pixels (default 64)")
@@ -33,6 +34,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="vector formats: geojson,gpkg,shp,parquet (default: all)")
     p.add_argument("--min-area", type=float, default=4.0, dest="min_area_m2", help="drop buildings under this many m2")
     p.add_argument("--simplify", type=float, default=0.25, dest="simplify_m", help="simplify tolerance in metres")
+    p.add_argument("--separator-threshold", type=float, default=None,
+                   help="P(separator) that splits touching buildings (models with a separator class; default: the card's)")
+    p.add_argument("--separator-dilate", type=int, default=None, dest="separator_dilate_px",
+                   help="widen predicted separators by this many pixels before splitting (default: the card's)")
     p.add_argument("--assume-crs", default=None, help="CRS for a raster that has none, e.g. EPSG:32636")
     p.add_argument("--target-gsd", type=float, default=None, dest="target_gsd_m",
                    help="resample the scene to this GSD in metres instead of the model's (forces coarse scenes)")
@@ -117,6 +122,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .calibrate import calibrate
+    from .model import use_bf16
+
+    with tqdm(unit="tile", desc="calibrating", disable=args.quiet, file=sys.stderr, leave=False) as bar:
+        gate, path = calibrate(args.model, args.data, out=args.out, split=args.split, tile_px=args.tile_px,
+                               target_fraction=args.target_fraction, k1=args.k1, k2=args.k2,
+                               target_recall=args.target_recall, autocast=use_bf16(args.precision), progress=bar)
+    c = gate.calibration
+    print(f"{c['tiles']} tiles ({c['target_tiles']} with buildings); stage 1: {len(gate.stage1)} channels "
+          f"{c['stage1_only']}; stage 2: {len(gate.stage2)} channels; gate: {c['gate']}")
+    print(f"gate written to {path} (+ {path.with_suffix('.png').name}); {gate.ops_per_tile((args.tile_px // 32) ** 2)} "
+          "operations per tile")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoseg", description="GeoTIFF scenes in, building masks and footprints out")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--building-class", type=int, default=None, help="building value in the prediction raster")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_evaluate)
+    ca = sub.add_parser("calibrate", help="calibrate the BGS-Net bottleneck gate of a model (no retraining)")
+    ca.add_argument("--model", default=None, help="model name or NAME.safetensors (default: the default model)")
+    ca.add_argument("--data", action="append", required=True, help="training config(s) (YAML) whose tiles calibrate")
+    ca.add_argument("-o", "--out", default=None, help="gate JSON (default: NAME.gate.json beside the model)")
+    ca.add_argument("--split", default="train", choices=["train", "val"], help="which scenes (default: train)")
+    ca.add_argument("--tile", type=int, default=512, dest="tile_px", help="tile size in pixels, as in `geoseg run`")
+    ca.add_argument("--target-fraction", type=float, default=0.005, help="building share that makes a tile a target")
+    ca.add_argument("--k1", type=int, default=10, help="stage-1 (OR) channels")
+    ca.add_argument("--k2", type=int, default=3, help="stage-2 (AND, false-alarm filter) channels; 0: none")
+    ca.add_argument("--target-recall", type=float, default=None,
+                    help="pick thresholds for this building-tile recall at the lowest execution rate (default: Youden)")
+    ca.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ca.add_argument("--quiet", action="store_true")
+    ca.set_defaults(func=cmd_calibrate)
     return parser
 
 

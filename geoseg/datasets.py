@@ -31,6 +31,7 @@ from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
+from scipy import ndimage
 
 from .errors import GeosegError
 from .read import Grid, open_scene, scene_stretch, stretch
@@ -62,26 +63,51 @@ def read_on_grid(path: str | Path, grid: Grid) -> np.ndarray:
         return vrt.read(1)
 
 
-def vector_labels_on_grid(path: str | Path, grid: Grid) -> np.ndarray:
-    """Polygons (any CRS) rasterised on ``grid``: 1 inside a building, 0 elsewhere."""
+def instances_on_grid(path: str | Path, grid: Grid) -> np.ndarray:
+    """Polygons (any CRS) rasterised on ``grid`` as instance ids: int32, 1..n inside building i, 0 elsewhere
+    (where polygons overlap, the later one wins)."""
     frame = gpd.read_file(path)
     if frame.crs is None:
         raise GeosegError(f"{path}: the labels have no CRS")
     shapes = [g for g in frame.to_crs(grid.crs).geometry if g is not None and not g.is_empty]
     if not shapes:
-        return np.zeros((grid.height, grid.width), np.uint8)
-    return rasterize(((g, 1) for g in shapes), out_shape=(grid.height, grid.width), transform=grid.transform,
-                     fill=0, dtype="uint8")
+        return np.zeros((grid.height, grid.width), np.int32)
+    return rasterize(((g, i) for i, g in enumerate(shapes, start=1)), out_shape=(grid.height, grid.width),
+                     transform=grid.transform, fill=0, dtype="int32")
+
+
+def separators(instances: np.ndarray) -> np.ndarray:
+    """Pixels whose 3x3 neighbourhood holds two different buildings: the line where touching buildings meet
+    (both sides of a shared wall) and gaps of at most one pixel between buildings. Bool (h, w)."""
+    none = np.iinfo(np.int32).max
+    highest = ndimage.maximum_filter(instances, size=3, mode="nearest")
+    lowest = ndimage.minimum_filter(np.where(instances > 0, instances, none), size=3, mode="nearest")
+    return (lowest != none) & (highest != lowest)
+
+
+def building_labels(instances: np.ndarray, separator_class: int | None = None) -> np.ndarray:
+    """Class labels from instance ids: 1 building, 0 background, and ``separator_class`` on the separators
+    (when given) so that a model learns to keep touching buildings apart."""
+    labels = (instances > 0).astype(np.uint8)
+    if separator_class is not None:
+        labels[separators(instances)] = separator_class
+    return labels
+
+
+def vector_labels_on_grid(path: str | Path, grid: Grid, separator_class: int | None = None) -> np.ndarray:
+    """Polygons (any CRS) rasterised on ``grid``: 1 inside a building, 0 elsewhere (see :func:`building_labels`)."""
+    return building_labels(instances_on_grid(path, grid), separator_class)
 
 
 def load_georeferenced(image: str | Path, gsd_m: float, labels: str | Path | None = None,
-                       mask: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Image and labels on the image's grid at ``gsd_m`` (resampled as inference would)."""
+                       mask: str | Path | None = None, separator_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Image and labels on the image's grid at ``gsd_m`` (resampled as inference would). Vector labels win
+    over a mask: only they tell touching buildings apart (``separator_class``)."""
     reader = open_scene(image, model_gsd_m=gsd_m, n_model_bands=3).reader
     grid = reader.grid
     pixels, valid = reader.read_tile(Window(0, 0, grid.width, grid.height))
     if labels is not None:
-        target = vector_labels_on_grid(labels, grid)
+        target = vector_labels_on_grid(labels, grid, separator_class)
     elif mask is not None:
         target = read_on_grid(mask, grid)
         target[(target != IGNORE) & (target > 0)] = 1
@@ -102,8 +128,9 @@ def split_rows(name: str, pixels: np.ndarray, labels: np.ndarray, val_fraction: 
 
 
 def geotiff_source(image: str, gsd_m: float, labels: str | None = None, mask: str | None = None,
-                   val_fraction: float = 0.2, gap_px: int = 64, name: str | None = None) -> list[LabelledScene]:
-    pixels, target = load_georeferenced(image, gsd_m, labels=labels, mask=mask)
+                   val_fraction: float = 0.2, gap_px: int = 64, name: str | None = None,
+                   separator_class: int | None = None) -> list[LabelledScene]:
+    pixels, target = load_georeferenced(image, gsd_m, labels=labels, mask=mask, separator_class=separator_class)
     return split_rows(name or Path(image).parent.name, pixels, target, val_fraction, gap_px)
 
 
@@ -122,16 +149,18 @@ def chips_sharing_no_ground(images: str | Path, other: str | Path | None) -> lis
 
 
 def chips_source(images: str, masks: str, gsd_m: float, split: str = "train", name: str | None = None,
-                 exclude_overlap_with: str | None = None) -> list[LabelledScene]:
+                 exclude_overlap_with: str | None = None, labels: str | None = None,
+                 separator_class: int | None = None) -> list[LabelledScene]:
     """Chip/mask pairs. ``exclude_overlap_with``: a folder of chips; chips sharing ground with any of them are
-    dropped (Kampala's val-chips partly cover the same ground as its training chips at other zoom levels)."""
+    dropped (Kampala's val-chips partly cover the same ground as its training chips at other zoom levels).
+    ``labels``: polygons covering the chips, used instead of the masks (they separate touching buildings)."""
     scenes = []
     for chip in chips_sharing_no_ground(images, exclude_overlap_with):
         candidates = [Path(masks) / f"{chip.stem}.mask.tif", Path(masks) / chip.name]
         mask = next((m for m in candidates if m.exists()), None)
         if mask is None:
             raise GeosegError(f"{chip}: no mask in {masks}")
-        pixels, target = load_georeferenced(chip, gsd_m, mask=mask)
+        pixels, target = load_georeferenced(chip, gsd_m, labels=labels, mask=mask, separator_class=separator_class)
         scenes.append(LabelledScene(f"{name or Path(images).name}/{chip.stem}", pixels, target, split))
     if not scenes:
         raise GeosegError(f"{images}: no GeoTIFF chips found")

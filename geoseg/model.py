@@ -104,6 +104,28 @@ def load_model(model: str | os.PathLike | None = None) -> tuple[SegmentationMode
     return net.eval(), file_sha256(path)
 
 
+def init_weights_from(net: SegmentationModel, path: str | os.PathLike) -> str:
+    """Start ``net`` from another model's weights (fine-tuning). Tensors of equal shape are copied; a tensor
+    whose leading (output-class) size differs gets the overlapping classes copied and keeps its fresh
+    initialisation for the rest, so a 2-class model can seed a 3-class one. Returns the source's sha256."""
+    path = resolve_model_path(path)
+    source = load_file(str(path))
+    own = net.state_dict()
+    for key, value in own.items():
+        if key not in source or source[key].dim() != value.dim():
+            raise GeosegError(f"init_from {path}: not the same architecture (no matching {key!r})")
+        theirs = source[key].to(value.dtype)
+        if theirs.shape == value.shape:
+            own[key] = theirs
+        elif theirs.shape[1:] == value.shape[1:]:
+            n = min(len(theirs), len(value))
+            own[key][:n] = theirs[:n]
+        else:
+            raise GeosegError(f"init_from {path}: {key} has shape {tuple(theirs.shape)}, need {tuple(value.shape)}")
+    net.load_state_dict(own)
+    return file_sha256(path)
+
+
 def save_model(net: SegmentationModel, path: str | os.PathLike, half: bool = True) -> str:
     """Write weights (fp16 by default, to keep shipped models small) and card; returns the weights' sha256."""
     path = Path(path)

@@ -26,7 +26,7 @@ import shapely
 from tqdm import tqdm
 
 from . import __version__
-from .backends import Backend, BackendSpec, describe_backend, load_backend
+from .backends import Backend, BackendSpec, describe_backend, load_backend, resolve_spec
 from .errors import GeosegError
 from .card import ModelCard
 from .read import OpenedScene, SceneReader, open_scene
@@ -40,7 +40,7 @@ from .write import VECTOR_FORMATS, discard, publish, write_cog, write_preview, w
 class RunOptions:
     """Everything ``geoseg run`` can be told. Units are in the names (px, m, m2)."""
 
-    backend: str = "unet"
+    backend: str = "auto"  # bgs where the model has a calibrated gate, else unet
     model: str | None = None
     device: str = "cpu"
     precision: str = "auto"
@@ -54,6 +54,8 @@ class RunOptions:
     formats: list[str] = field(default_factory=lambda: list(VECTOR_FORMATS))
     min_area_m2: float = 4.0
     simplify_m: float = 0.25
+    separator_threshold: float | None = None  # P(separator) that splits touching buildings; None: the card's
+    separator_dilate_px: int | None = None  # None: the card's
     workers: int | None = None  # None: one per CPU core; 0: in-process, no cluster
     scheduler: str | None = None
     progress: bool = True
@@ -174,7 +176,8 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     unknown = set(opts.formats) - set(VECTOR_FORMATS)
     if unknown:
         raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
-    spec: BackendSpec | Backend = backend or BackendSpec(opts.backend, opts.model, opts.device, opts.precision)
+    spec: BackendSpec | Backend = backend or resolve_spec(BackendSpec(opts.backend, opts.model, opts.device,
+                                                                      opts.precision))
     if backend is not None:
         card, sha256 = backend.card, backend.model_sha256
     else:
@@ -204,7 +207,9 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     reader, facts, overview = opened
     grid = reader.grid
     prob_tmp, mask_tmp = str(staging / "probability.raw.tif"), str(staging / "mask.raw.tif")
-    stitcher = StripStitcher(grid, tiles, card.classes, card.building_class, prob_tmp, mask_tmp)
+    separator_tmp = str(staging / "separator.raw.tif") if card.separator_class is not None else None
+    stitcher = StripStitcher(grid, tiles, card.classes, card.building_class, prob_tmp, mask_tmp,
+                             card.separator_class, separator_tmp)
     counts = {"encoded": 0, "decoded": 0, "read_s": 0.0, "model_s": 0.0}
     stitch_s = 0.0
     bar = tqdm(total=len(tiles), unit="tile", desc=Path(reader.path).name, disable=not opts.progress,
@@ -233,7 +238,10 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     t = time.perf_counter()
     # 0.8: a margin for the difference between pixel area and area in the metric CRS; exact filter follows
     min_pixels = int(0.8 * opts.min_area_m2 / facts["grid_gsd_m"] ** 2)
-    pieces = building_pieces(mask_tmp, prob_tmp, grid, card.building_class, min_pixels=min_pixels)
+    pieces = building_pieces(mask_tmp, prob_tmp, grid, card.building_class, min_pixels=min_pixels,
+                             separator_path=separator_tmp,
+                             separator_threshold=_either(opts.separator_threshold, card.separator_threshold),
+                             separator_dilate_px=_either(opts.separator_dilate_px, card.separator_dilate_px))
     frame = pieces_to_frame(pieces, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m)
     vectorise_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -251,7 +259,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
         "backend": spec.name,
         "model": card.name,
         "model_trained": card.trained,
-        "classes": card.classes,
+        "classes": card.mask_classes,
         "building_class": card.building_class,
         "model_sha256": sha256,
         "device": opts.device,
@@ -271,6 +279,9 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
             "stitch": round(stitch_s, 2), "vectorise": round(vectorise_s, 2), "write": round(write_s, 2),
         },
         "buildings": len(frame),
+        **({"separator_threshold": _either(opts.separator_threshold, card.separator_threshold),
+            "separator_dilate_px": _either(opts.separator_dilate_px, card.separator_dilate_px)}
+           if card.separator_class is not None else {}),
         "min_area_m2": opts.min_area_m2,
         "simplify_m": opts.simplify_m,
         "peak_rss_mb": round(_peak_rss_mb() + worker_rss, 1),
@@ -288,6 +299,10 @@ def _preview(reader: SceneReader, overview, geometries, path: Path) -> None:
     to_px = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
     polygons_px = [shapely.affinity.affine_transform(g, to_px) for g in geometries]
     write_preview(rgb, valid, polygons_px, raw.shape[-1] / reader.grid.width, path)
+
+
+def _either(value, default):
+    return default if value is None else value
 
 
 def _json(summary: dict) -> str:

@@ -9,6 +9,10 @@ Two rasters are written (plain tiled GeoTIFFs; the write stage turns them into C
 
 * building probability, uint8 0-255, with an internal mask: masked where the input was invalid;
 * class labels, uint8 (argmax over classes), nodata = :data:`MASK_NODATA` where the input was invalid.
+
+With a model that has a separator class (the line where touching buildings meet), the separator counts as
+building in both (probability = P(building) + P(separator)), and a third raster, P(separator) as uint8 0-255,
+is written for the vectorise stage, which keeps touching buildings apart along it.
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ class StripStitcher:
     """Blend tile predictions row by row and stream finished rows to ``probability_path`` and ``mask_path``."""
 
     def __init__(self, grid: Grid, tiles: list[Tile], class_names: list[str], building_class: int,
-                 probability_path: str, mask_path: str):
+                 probability_path: str, mask_path: str, separator_class: int | None = None,
+                 separator_path: str | None = None):
         n_classes = len(class_names)
         self.grid, self.n_classes, self.building_class = grid, n_classes, building_class
+        self.separator_class = separator_class
         self.row_offsets = sorted({t.row_off for t in tiles})
         self.expected = defaultdict(int)
         for t in tiles:
@@ -65,7 +71,11 @@ class StripStitcher:
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             self.prob_ds = open_intermediate(probability_path, grid, None)
         self.mask_ds = open_intermediate(mask_path, grid, MASK_NODATA)
-        self.mask_ds.update_tags(CLASSES=",".join(class_names), BUILDING_CLASS=str(building_class))
+        published = class_names if separator_class is None else class_names[:separator_class]
+        self.mask_ds.update_tags(CLASSES=",".join(published), BUILDING_CLASS=str(building_class))
+        self.separator_ds = None
+        if separator_class is not None:
+            self.separator_ds = open_intermediate(separator_path, grid, None)
         self.rows_written = 0
 
     def add(self, prediction: TilePrediction) -> None:
@@ -102,11 +112,18 @@ class StripStitcher:
         weight = self.weight[:n]
         valid = self.valid[:n] & (weight > 0)
         probs = self.acc[:, :n] / np.where(weight > 0, weight, 1.0)
-        building = np.clip(np.rint(probs[self.building_class] * 255), 0, 255).astype(np.uint8)
+        p_building = probs[self.building_class]
         labels = probs.argmax(axis=0).astype(np.uint8)
+        window = rasterio.windows.Window(0, self.buf_row0, self.grid.width, n)
+        if self.separator_ds is not None:
+            p_separator = probs[self.separator_class]
+            p_building = p_building + p_separator
+            self.separator_ds.write(np.clip(np.rint(p_separator * 255), 0, 255).astype(np.uint8) * valid, 1,
+                                    window=window)
+            labels[labels == self.separator_class] = self.building_class
+        building = np.clip(np.rint(p_building * 255), 0, 255).astype(np.uint8)
         labels[~valid] = MASK_NODATA
         building[~valid] = 0
-        window = rasterio.windows.Window(0, self.buf_row0, self.grid.width, n)
         self.prob_ds.write(building, 1, window=window)
         self.prob_ds.write_mask(valid.astype(np.uint8) * 255, window=window)
         self.mask_ds.write(labels, 1, window=window)
@@ -118,8 +135,9 @@ class StripStitcher:
         self.rows_written = done_to
 
     def close(self) -> None:
-        self.prob_ds.close()
-        self.mask_ds.close()
+        for ds in (self.prob_ds, self.mask_ds, self.separator_ds):
+            if ds is not None:
+                ds.close()
 
     @property
     def complete(self) -> bool:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .card import ModelCard
 from .datasets import IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source
 from .errors import GeosegError
-from .model import SegmentationModel, save_model, use_bf16
+from .model import SegmentationModel, init_weights_from, save_model, use_bf16
 
 
 class _Strict(BaseModel):
@@ -47,6 +47,7 @@ class ChipsSource(_Strict):
     masks: str
     split: Literal["train", "val"] = "train"
     exclude_overlap_with: str | None = None
+    labels: str | None = None
 
 
 class DubaiSource(_Strict):
@@ -64,6 +65,7 @@ class TrainConfig(_Strict):
     encoder: str = "resnet18"
     classes: list[str] = Field(min_length=2)
     building_class: int = Field(ge=0)
+    separator_class: int | None = Field(None, ge=0)
     gsd_m: float = Field(0.3, gt=0)
     data_root: str = "."  # relative to the config file
     sources: list[Source] = Field(min_length=1)
@@ -77,6 +79,7 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     threads: int | None = None
     select_metric: str = "building_iou"
+    init_from: str | None = None  # weights to fine-tune from (a shipped name or a path relative to the config)
     licence: str = ""
     attribution: str = ""
 
@@ -97,6 +100,8 @@ def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
         raise GeosegError(f"{path}: {where}: {first['msg']} ({err.error_count()} problem(s) in all)") from None
     if config.building_class >= len(config.classes):
         raise GeosegError(f"{path}: building_class: {config.building_class} is not an index into classes")
+    if config.separator_class is not None and config.separator_class != len(config.classes) - 1:
+        raise GeosegError(f"{path}: separator_class: must be the last class ({len(config.classes) - 1})")
     return config, (path.parent / config.data_root).resolve()
 
 
@@ -106,10 +111,12 @@ def load_scenes(config: TrainConfig, root: Path) -> list[LabelledScene]:
     for src in config.sources:
         if isinstance(src, GeotiffSource):
             scenes += geotiff_source(at(src.image), config.gsd_m, labels=at(src.labels), mask=at(src.mask),
-                                     val_fraction=src.val_fraction, gap_px=src.gap_px)
+                                     val_fraction=src.val_fraction, gap_px=src.gap_px,
+                                     separator_class=config.separator_class)
         elif isinstance(src, ChipsSource):
             scenes += chips_source(at(src.images), at(src.masks), config.gsd_m, split=src.split,
-                                   exclude_overlap_with=at(src.exclude_overlap_with))
+                                   exclude_overlap_with=at(src.exclude_overlap_with), labels=at(src.labels),
+                                   separator_class=config.separator_class)
         else:
             scenes += dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles)
     return scenes
@@ -204,15 +211,34 @@ def metrics_from_confusion(matrix: np.ndarray, classes: list[str], building_clas
     }
 
 
+def fold_separator(matrix: np.ndarray, building_class: int, separator_class: int | None) -> np.ndarray:
+    """A confusion matrix with the separator class counted as building (the published mask's classes)."""
+    if separator_class is None:
+        return matrix
+    m = matrix.copy()
+    m[building_class] += m[separator_class]
+    m[:, building_class] += m[:, separator_class]
+    return np.delete(np.delete(m, separator_class, 0), separator_class, 1)
+
+
 def validate(net: SegmentationModel, scenes: list[LabelledScene], autocast: bool) -> tuple[dict, dict]:
-    """Metrics over all validation scenes pooled, and per scene (so a test can re-check a card on one slice)."""
+    """Metrics over all validation scenes pooled, and per scene (so a test can re-check a card on one slice).
+    Building metrics count the separator class as building; its own IoU is reported as ``separator_iou``."""
     net.eval()
     n, card = len(net.card.classes), net.card
     matrices = {s.name: confusion(predict_scene(net, s.pixels, autocast), s.labels, n) for s in scenes}
-    pooled = metrics_from_confusion(sum(matrices.values()), card.classes, card.building_class)
+
+    def metrics(matrix: np.ndarray) -> dict:
+        out = metrics_from_confusion(fold_separator(matrix, card.building_class, card.separator_class),
+                                     card.mask_classes, card.building_class)
+        if card.separator_class is not None:
+            out["separator_iou"] = metrics_from_confusion(matrix, card.classes, card.building_class)["class_iou"][card.classes[-1]]
+        return out
+
+    pooled = metrics(sum(matrices.values()))
     per_scene = {}
     for name, m in matrices.items():
-        scene_metrics = metrics_from_confusion(m, card.classes, card.building_class)
+        scene_metrics = metrics(m)
         per_scene[name] = {k: scene_metrics[k] for k in ("building_iou", "mean_iou", "pixels")}
     return pooled, per_scene
 
@@ -250,9 +276,16 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         raise GeosegError("the sources give no training or no validation scenes: check splits and val_fraction")
     autocast = use_bf16(config.precision)
     card = ModelCard(name=config.name, architecture="unet", encoder=config.encoder, classes=config.classes,
-                     building_class=config.building_class, bands=["red", "green", "blue"], gsd_m=config.gsd_m,
-                     licence=config.licence, attribution=config.attribution)
-    net = SegmentationModel(card).to(memory_format=torch.channels_last)
+                     building_class=config.building_class, separator_class=config.separator_class,
+                     bands=["red", "green", "blue"], gsd_m=config.gsd_m, licence=config.licence,
+                     attribution=config.attribution)
+    net = SegmentationModel(card)
+    init = None
+    if config.init_from:
+        near = Path(config_path).parent / config.init_from
+        source = str(near) if near.exists() else config.init_from
+        init = {"weights": config.init_from, "sha256": init_weights_from(net, source)}
+    net = net.to(memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.05)
@@ -298,7 +331,8 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
             card.metrics = {"validation": entry, "validation_per_scene": per_scene}
             card.training = {"config": str(config_path), "config_values": json.loads(config.model_dump_json()),
                              "epochs_run": epoch + 1, "seconds": round(state["seconds"], 1), "bf16_autocast": autocast,
-                             "torch": torch.__version__, "data": data_summary}
+                             "torch": torch.__version__, "data": data_summary,
+                             **({"init_from": init} if init else {})}
             save_model(net, out / "best.safetensors")
         state["epoch"] = epoch + 1
         _save_checkpoint(checkpoint, {"model": net.state_dict(), "optimiser": optimiser.state_dict(),

@@ -7,6 +7,14 @@ window border are held back and merged at the end with every piece they share an
 contact does not merge, as with 4-connectivity inside a window); all others are final at once. A building on a
 tile or window border is therefore one polygon, never two and never duplicated.
 
+With a separator raster (P(separator) 0-255 from models with a separator class, see :mod:`geoseg.stitch`),
+building pixels with P(separator) >= ``separator_threshold`` (0-1), widened by ``separator_dilate_px``, are
+taken out before components are labelled, so touching buildings are separate; each separator pixel then goes
+to a building at most :data:`SEPARATOR_GROW_PX` + ``separator_dilate_px`` px away (the highest label wins a
+tie), except on the first/last row/column of an inner window border, so that two different buildings never
+meet across a window border.
+Pieces are merged only with pieces of *other* windows: inside a window, distinct labels are distinct buildings.
+
 Units: ``min_area_m2`` and ``area_m2`` are square metres computed in a metric CRS (the scene's own if it
 is UTM, else the UTM zone of the scene's centre), also for geographic input; ``simplify_m`` is a tolerance
 in metres, applied in pixel space as ``simplify_m / gsd_m``. ``confidence`` is the mean building
@@ -15,6 +23,7 @@ probability (0-1) over the polygon's pixels before simplification.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -31,6 +40,7 @@ from shapely.geometry import shape
 from .read import Grid
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+SEPARATOR_GROW_PX = 2
 
 
 @dataclass
@@ -40,9 +50,10 @@ class Piece:
     polygon: shapely.Polygon
     probability_sum: float  # sum of uint8 probabilities (0-255) over its pixels
     pixels: int
+    window: int | None = None  # index of the window it came from (None: unknown, may merge with anything)
 
 
-def _window_pieces(labels: np.ndarray, count: int, prob: np.ndarray, window: Window) -> dict[int, Piece]:
+def _window_pieces(labels: np.ndarray, count: int, prob: np.ndarray, window: Window, index: int) -> dict[int, Piece]:
     """Pieces of one labelled window, keyed by label."""
     sums = ndimage.sum_labels(prob, labels, index=np.arange(1, count + 1))
     pixels = np.bincount(labels.ravel(), minlength=count + 1)[1:]
@@ -51,22 +62,42 @@ def _window_pieces(labels: np.ndarray, count: int, prob: np.ndarray, window: Win
     for geom, value in shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=offset):
         polygons.setdefault(int(value), []).append(shape(geom))
     return {
-        label: Piece(shapely.union_all(polys) if len(polys) > 1 else polys[0], float(sums[label - 1]), int(pixels[label - 1]))
+        label: Piece(shapely.union_all(polys) if len(polys) > 1 else polys[0], float(sums[label - 1]),
+                     int(pixels[label - 1]), index)
         for label, polys in polygons.items()
     }
 
 
-def _border_labels(labels: np.ndarray, window: Window, grid: Grid) -> set[int]:
+def _inner_edges(window: Window, grid: Grid) -> list[tuple]:
+    """Index expressions of the window's first/last rows/columns that lie on an inner window border."""
     edges = []
     if window.row_off > 0:
-        edges.append(labels[0, :])
+        edges.append((0, slice(None)))
     if window.row_off + window.height < grid.height:
-        edges.append(labels[-1, :])
+        edges.append((-1, slice(None)))
     if window.col_off > 0:
-        edges.append(labels[:, 0])
+        edges.append((slice(None), 0))
     if window.col_off + window.width < grid.width:
-        edges.append(labels[:, -1])
-    return set(np.unique(np.concatenate(edges)).tolist()) - {0} if edges else set()
+        edges.append((slice(None), -1))
+    return edges
+
+
+def _border_labels(labels: np.ndarray, edges: list[tuple]) -> set[int]:
+    if not edges:
+        return set()
+    return set(np.unique(np.concatenate([labels[e] for e in edges])).tolist()) - {0}
+
+
+def _grow_into_separators(labels: np.ndarray, separator: np.ndarray, edges: list[tuple], steps: int) -> None:
+    """Give separator pixels (not on inner window borders) the label of a building within ``steps`` px, in place."""
+    free = separator.copy()
+    for e in edges:
+        free[e] = False
+    for _ in range(steps):
+        take = free & (labels == 0)
+        if not take.any():
+            return
+        labels[take] = ndimage.grey_dilation(labels, footprint=_FOUR_CONNECTED)[take]
 
 
 def _merge_border_pieces(pieces: list[Piece]) -> list[Piece]:
@@ -84,7 +115,8 @@ def _merge_border_pieces(pieces: list[Piece]) -> list[Piece]:
 
     left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
     for i, j in zip(left.tolist(), right.tolist()):
-        if i < j and geoms[i].intersection(geoms[j]).length > 0:
+        same_window = pieces[i].window is not None and pieces[i].window == pieces[j].window
+        if i < j and not same_window and geoms[i].intersection(geoms[j]).length > 0:
             parent[find(i)] = find(j)
     groups: dict[int, list[int]] = {}
     for i in range(len(pieces)):
@@ -92,36 +124,51 @@ def _merge_border_pieces(pieces: list[Piece]) -> list[Piece]:
     merged = []
     for members in groups.values():
         poly = shapely.union_all([geoms[i] for i in members]) if len(members) > 1 else geoms[members[0]]
-        merged.append(Piece(poly, sum(pieces[i].probability_sum for i in members), sum(pieces[i].pixels for i in members)))
+        merged.append(Piece(poly, sum(pieces[i].probability_sum for i in members),
+                            sum(pieces[i].pixels for i in members)))
     return merged
 
 
 def building_pieces(mask_path: str, probability_path: str, grid: Grid, building_class: int,
-                    window_px: int = 2048, min_pixels: int = 0) -> list[Piece]:
+                    window_px: int = 2048, min_pixels: int = 0, separator_path: str | None = None,
+                    separator_threshold: float = 0.5, separator_dilate_px: int = 0) -> list[Piece]:
     """All buildings of a stitched class raster, merged across window borders, in pixel coordinates.
+    ``separator_path``: P(separator) as uint8 0-255, which splits touching buildings (module docstring).
 
     Components under ``min_pixels`` that touch no inner window border are dropped before they become polygons
     (a noisy mask would otherwise hold millions of specks in memory); the exact ``min_area_m2`` filter is
     applied later, in square metres.
     """
     final, border = [], []
-    with rasterio.open(mask_path) as mask_ds, rasterio.open(probability_path) as prob_ds:
-        for row in range(0, grid.height, window_px):
-            for col in range(0, grid.width, window_px):
-                window = Window(col, row, min(window_px, grid.width - col), min(window_px, grid.height - row))
-                is_building = mask_ds.read(1, window=window) == building_class
-                if not is_building.any():
-                    continue
-                prob = prob_ds.read(1, window=window).astype(np.float64)
-                labels, count = ndimage.label(is_building, structure=_FOUR_CONNECTED)
-                touching = _border_labels(labels, window, grid)
-                if min_pixels > 1:
-                    small = np.bincount(labels.ravel(), minlength=count + 1) < min_pixels
-                    small[0] = False
-                    small[list(touching)] = False
-                    labels[small[labels]] = 0
-                for label, piece in _window_pieces(labels, count, prob, window).items():
-                    (border if label in touching else final).append(piece)
+    windows = [Window(col, row, min(window_px, grid.width - col), min(window_px, grid.height - row))
+               for row in range(0, grid.height, window_px) for col in range(0, grid.width, window_px)]
+    with ExitStack() as stack:
+        mask_ds, prob_ds = (stack.enter_context(rasterio.open(p)) for p in (mask_path, probability_path))
+        separator_ds = stack.enter_context(rasterio.open(separator_path)) if separator_path else None
+        for index, window in enumerate(windows):
+            is_building = mask_ds.read(1, window=window) == building_class
+            if not is_building.any():
+                continue
+            prob = prob_ds.read(1, window=window).astype(np.float64)
+            edges = _inner_edges(window, grid)
+            separator = None
+            if separator_ds is not None:
+                separator = separator_ds.read(1, window=window) >= round(separator_threshold * 255)
+                if separator_dilate_px > 0 and separator.any():
+                    separator = ndimage.binary_dilation(separator, _FOUR_CONNECTED, iterations=separator_dilate_px)
+                separator &= is_building
+            core = is_building & ~separator if separator is not None else is_building
+            labels, count = ndimage.label(core, structure=_FOUR_CONNECTED)
+            if separator is not None and separator.any():
+                _grow_into_separators(labels, separator, edges, SEPARATOR_GROW_PX + separator_dilate_px)
+            touching = _border_labels(labels, edges)
+            if min_pixels > 1:
+                small = np.bincount(labels.ravel(), minlength=count + 1) < min_pixels
+                small[0] = False
+                small[list(touching)] = False
+                labels[small[labels]] = 0
+            for label, piece in _window_pieces(labels, count, prob, window, index).items():
+                (border if label in touching else final).append(piece)
     return final + _merge_border_pieces(border)
 
 

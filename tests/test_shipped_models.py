@@ -39,6 +39,6 @@ def test_card_metrics_reproduce_on_a_validation_slice(weights):
     assert len(scenes) == 1, f"validation scene {name} not found in the data"
     net, _ = load_model(str(weights))
     _, measured = validate(net, scenes, autocast=card.training.get("bf16_autocast", False) and bf16_is_fast())
-    metric = "building_iou" if len(card.classes) == 2 else "mean_iou"
+    metric = config.select_metric
     assert measured[name]["pixels"] == per_scene[name]["pixels"]
     assert measured[name][metric] == pytest.approx(per_scene[name][metric], abs=0.02)

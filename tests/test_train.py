@@ -52,3 +52,29 @@ def test_config_errors_name_the_field(tmp_path):
     path = tiny_config(tmp_path, building_class=5)
     with pytest.raises(GeosegError, match="building_class"):
         load_config(path)
+
+
+def test_init_from_seeds_a_three_class_model_from_a_two_class_one(tmp_path):
+    import torch
+
+    from geoseg.card import ModelCard
+    from geoseg.model import SegmentationModel, init_weights_from, save_model
+
+    def card(classes):
+        return ModelCard(name="m", architecture="unet", encoder="resnet18", classes=classes, building_class=1,
+                         bands=["red", "green", "blue"], gsd_m=0.3)
+
+    torch.manual_seed(0)
+    two = SegmentationModel(card(["background", "building"]))
+    save_model(two, tmp_path / "two.safetensors", half=False)
+    three = SegmentationModel(card(["background", "building", "building_separator"]))
+    fresh_row = three.head[0].weight[2].detach().clone()
+    sha = init_weights_from(three, tmp_path / "two.safetensors")
+    assert len(sha) == 64
+    assert torch.equal(three.encoder.conv1.weight, two.encoder.conv1.weight)
+    assert torch.equal(three.head[0].weight[:2], two.head[0].weight)
+    assert torch.equal(three.head[0].weight[2], fresh_row)  # the new class keeps its own initialisation
+    other = SegmentationModel(ModelCard(name="m", architecture="unet", encoder="resnet34", classes=["a", "b"],
+                                        building_class=1, bands=["red", "green", "blue"], gsd_m=0.3))
+    with pytest.raises(GeosegError, match="init_from"):
+        init_weights_from(other, tmp_path / "two.safetensors")

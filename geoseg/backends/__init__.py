@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 
 from ..errors import GeosegError
 from ..card import ModelCard, file_sha256, resolve_model_path
+from ..gate import gate_path, load_gate
 
 #: name -> "module:Class"
 REGISTRY: dict[str, str] = {
     "unet": "geoseg.backends.unet:UNetBackend",
+    "bgs": "geoseg.backends.bgs:BGSBackend",
 }
+#: ``--backend auto`` (the default): the gated backend where the model has a calibrated gate beside it, else dense
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class BackendSpec:
     """What a worker needs to build a backend: registry name, model (name or path), torch device, precision
     ("auto": bf16 autocast where the hardware makes it faster, else fp32)."""
 
-    name: str = "unet"
+    name: str = AUTO
     model: str | None = None
     device: str = "cpu"
     precision: str = "auto"
@@ -54,9 +58,17 @@ class BackendSpec:
 
 def backend_class(name: str):
     if name not in REGISTRY:
-        raise GeosegError(f"unknown backend {name!r}; available: {', '.join(sorted(REGISTRY))}")
+        raise GeosegError(f"unknown backend {name!r}; available: {', '.join([AUTO] + sorted(REGISTRY))}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def resolve_spec(spec: BackendSpec) -> BackendSpec:
+    """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``), else ``unet``; other names unchanged."""
+    if spec.name != AUTO:
+        return spec
+    has_gate = gate_path(resolve_model_path(spec.model)).exists()
+    return replace(spec, name="bgs" if has_gate else "unet")
 
 
 def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
@@ -64,10 +76,14 @@ def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
     if spec.name not in REGISTRY:
         backend_class(spec.name)  # raises the "unknown backend" error
     path = resolve_model_path(spec.model)
-    return ModelCard.from_json(path.with_suffix(".json")), file_sha256(path)
+    sha256 = file_sha256(path)
+    if spec.name == "bgs":
+        load_gate(path, sha256)  # a missing or mismatched gate is refused here, before any worker starts
+    return ModelCard.from_json(path.with_suffix(".json")), sha256
 
 
 @functools.lru_cache(maxsize=4)
 def load_backend(spec: BackendSpec) -> Backend:
     """Build (once per process) the backend a spec names."""
+    spec = resolve_spec(spec)
     return backend_class(spec.name)(model=spec.model, device=spec.device, precision=spec.precision)
