@@ -1,0 +1,207 @@
+"""``geoseg calibrate``: fit a BGS-Net gate (:mod:`geoseg.gate`) to a model from labelled tiles, no retraining.
+
+Calibration data are training configs (``--data``, the YAML files of ``geoseg train``); their scenes are read
+at the *model's* GSD and cut into ``tile_px`` tiles (no overlap; the last tile of a row/column moved back as in
+``geoseg run``); tiles less than half labelled are left out. Each tile goes through the encoder once and yields:
+
+* its bottleneck channel means (eq. 5), the gate's input;
+* its building fraction (the config's building class plus its separator class, over labelled pixels): a tile is
+  a *target* when the fraction is at least ``target_fraction`` (0.5 % as in the paper);
+* its class fractions, named by the config's classes, to find which non-target classes make stage-1 false
+  alarms (the Dubai land-cover labels: land, road, vegetation, water);
+* a sample of bottleneck cells with the class fractions of the pixels under each (only from configs whose
+  classes are the model's own), to fit the linear probe that gives skipped tiles a coarse prediction.
+
+Several configs can be combined: the building model is calibrated on its own training tiles *and* the Dubai
+tiles, which bring the sparse-building, many-confounder setting of the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .card import resolve_model_path
+from .datasets import IGNORE, LabelledScene
+from .errors import GeosegError
+from .gate import Gate, calibrate_rules, gate_open, gate_path
+from .model import SegmentationModel
+from .tile import tile_grid
+from .train import TrainConfig, load_config, load_scenes
+
+_CELLS_PER_TILE = 48
+
+
+@dataclass
+class TileSet:
+    """Calibration tiles in arrays: one row per tile."""
+
+    means: list[np.ndarray] = field(default_factory=list)  # (C,) bottleneck channel means
+    building_fraction: list[float] = field(default_factory=list)
+    composition: list[dict[str, float]] = field(default_factory=list)  # class name -> fraction of labelled pixels
+    source: list[str] = field(default_factory=list)
+    cell_features: list[np.ndarray] = field(default_factory=list)  # (n, C) bottleneck cells, own-class configs only
+    cell_targets: list[np.ndarray] = field(default_factory=list)  # (n, classes) class fractions under each cell
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.stack(self.means).astype(np.float64), np.asarray(self.building_fraction)
+
+
+def scene_tiles(scene: LabelledScene, tile_px: int):
+    """(pixels, labels) tiles of ``tile_px`` covering a scene; a scene smaller than a tile is one tile."""
+    h, w = scene.labels.shape
+    for t in tile_grid(h, w, tile_px, 0):
+        labels = scene.labels[t.row_off : t.row_end, t.col_off : t.col_end]
+        if (labels != IGNORE).mean() >= 0.5:
+            yield scene.pixels[:, t.row_off : t.row_end, t.col_off : t.col_end], labels
+
+
+def cell_fractions(labels: np.ndarray, cells: tuple[int, int], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class fractions of the labelled pixels under each bottleneck cell: (cells_h*cells_w, n_classes), and
+    which cells are at least half labelled. The label tile is padded with IGNORE to a whole number of cells."""
+    ch, cw = cells
+    h, w = labels.shape
+    step_h, step_w = -(-h // ch), -(-w // cw)
+    padded = np.full((ch * step_h, cw * step_w), IGNORE, np.uint8)
+    padded[:h, :w] = labels
+    blocks = padded.reshape(ch, step_h, cw, step_w).transpose(0, 2, 1, 3).reshape(ch * cw, -1)
+    counts = np.stack([(blocks == k).sum(1) for k in range(n_classes)], axis=1).astype(np.float32)
+    known = counts.sum(1)
+    return counts / np.maximum(known, 1)[:, None], known >= 0.5 * blocks.shape[1]
+
+
+@torch.inference_mode()
+def collect(net: SegmentationModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int,
+            autocast: bool, rng: np.random.Generator, progress=None) -> TileSet:
+    """Encode every calibration tile of the configs' ``split`` scenes (see the module docstring)."""
+    card, out = net.card, TileSet()
+    for config, root in configs:
+        config = config.model_copy(update={"gsd_m": card.gsd_m})
+        own_classes = config.classes == card.classes
+        building = [config.building_class] + ([config.separator_class] if config.separator_class is not None else [])
+        named = [c for i, c in enumerate(config.classes) if i not in building]
+        for scene in (s for s in load_scenes(config, root) if s.split == split):
+            for pixels, labels in scene_tiles(scene, tile_px):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    bottleneck = net.encode(net.prepare(torch.from_numpy(np.ascontiguousarray(pixels))[None]))[-1]
+                bottleneck = bottleneck.float()[0]
+                known = labels[labels != IGNORE]
+                counts = np.bincount(known, minlength=len(config.classes))
+                out.means.append(bottleneck.mean((1, 2)).numpy())
+                out.building_fraction.append(float(counts[building].sum() / known.size))
+                out.composition.append({c: float(counts[config.classes.index(c)] / known.size) for c in named})
+                out.source.append(scene.name)
+                if own_classes:
+                    cells = bottleneck.shape[1:]
+                    fractions, usable = cell_fractions(labels, cells, len(config.classes))
+                    features = bottleneck.reshape(bottleneck.shape[0], -1).T.numpy()
+                    pick = np.flatnonzero(usable)
+                    pick = rng.choice(pick, size=min(len(pick), _CELLS_PER_TILE), replace=False)
+                    out.cell_features.append(features[pick].astype(np.float16))
+                    out.cell_targets.append(fractions[pick])
+                if progress is not None:
+                    progress.update(1)
+    if not out.means:
+        raise GeosegError(f"no calibration tiles: the configs have no {split!r} scenes at least half labelled")
+    return out
+
+
+def fit_probe(features: np.ndarray, targets: np.ndarray, steps: int = 400, weight_decay: float = 1e-4,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax regression (a 1x1 conv on the bottleneck) to the class fractions under each cell.
+    Returns (weight (classes, C), bias (classes,))."""
+    torch.manual_seed(seed)
+    x = torch.from_numpy(np.asarray(features, np.float32))
+    y = torch.from_numpy(np.asarray(targets, np.float32))
+    linear = torch.nn.Linear(x.shape[1], y.shape[1])
+    optimiser = torch.optim.Adam(linear.parameters(), lr=0.01, weight_decay=weight_decay)
+    for _ in range(steps):
+        loss = -(y * torch.log_softmax(linear(x), 1)).sum(1).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return linear.weight.detach().numpy(), linear.bias.detach().numpy()
+
+
+def confounders(tiles: TileSet, opened: np.ndarray, target: np.ndarray) -> dict:
+    """Which non-target classes the stage-1 false alarms are made of: for each class name, how many false-alarm
+    tiles it dominates, its mean share in them, and the stage-1 false-alarm rate of tiles it dominates."""
+    named = [i for i, c in enumerate(tiles.composition) if c]
+    if not named:
+        return {}
+    dominant = {}
+    for i in named:
+        comp = tiles.composition[i]
+        dominant[i] = max(comp, key=comp.get)
+    report = {}
+    for name in sorted(set(dominant.values())):
+        rows = [i for i, d in dominant.items() if d == name and not target[i]]
+        alarms = [i for i in rows if opened[i]]
+        report[name] = {"non_target_tiles": len(rows), "false_alarms": len(alarms),
+                        "false_alarm_rate": round(len(alarms) / max(len(rows), 1), 4),
+                        "mean_share_in_false_alarms": round(float(np.mean([tiles.composition[i][name] for i in alarms])), 4) if alarms else 0.0}
+    return report
+
+
+def plot_channels(means: np.ndarray, target: np.ndarray, gate: Gate, path: Path) -> None:
+    """Histograms of the chosen channels' tile means with the thresholds: stage 1 over all tiles (building vs no
+    building), stage 2 over the tiles stage 1 opens (building vs false alarm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rules = [("stage 1", r) for r in gate.stage1] + [("stage 2", r) for r in gate.stage2]
+    cols = 4
+    rows = -(-len(rules) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel()[len(rules):]:
+        ax.axis("off")
+    first = gate_open(gate.stage1, [], means)
+    for ax, (stage, rule) in zip(axes.ravel(), rules):
+        rows = first if stage == "stage 2" else np.ones(len(means), bool)
+        x = means[rows, rule.channel]
+        bins = np.linspace(x.min(), x.max(), 40)
+        ax.hist(x[~target[rows]], bins=bins, alpha=0.6, density=True,
+                label="no building (stage 2: false alarm)")
+        ax.hist(x[target[rows]], bins=bins, alpha=0.6, density=True, label="building")
+        ax.axvline(rule.threshold, color="k", lw=1)
+        ax.set_title(f"{stage}: ch {rule.channel} {'>' if rule.higher else '<'} {rule.threshold:.3g}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    axes.ravel()[0].legend(fontsize=6)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def calibrate(model_path: str, data: list[str], out: str | None = None, split: str = "train", tile_px: int = 512,
+              target_fraction: float = 0.005, k1: int = 10, k2: int = 3, target_recall: float | None = None,
+              autocast: bool = False, seed: int = 0, progress=None) -> tuple[Gate, Path]:
+    """Calibrate, write the gate JSON (beside the model unless ``out``) and its PNG; returns (gate, path)."""
+    from .model import load_model
+
+    net, sha256 = load_model(model_path)
+    configs = [load_config(p) for p in data]
+    rng = np.random.default_rng(seed)
+    tiles = collect(net, configs, split, tile_px, autocast, rng, progress)
+    means, fraction = tiles.arrays()
+    target = fraction >= target_fraction
+    stage1, stage2, report = calibrate_rules(means, target, k1, k2, target_recall)
+    weight = bias = None
+    if tiles.cell_features and set(net.card.classes) - {"background", "building", "building_separator"}:
+        w, b = fit_probe(np.concatenate(tiles.cell_features), np.concatenate(tiles.cell_targets), seed=seed)
+        weight, bias = w.round(6).tolist(), b.round(6).tolist()
+    report["confounders_of_stage1"] = confounders(tiles, gate_open(stage1, [], means), target)
+    report.update({"data": list(data), "split": split, "tile_px": tile_px, "target_fraction": target_fraction,
+                   "k1": k1, "k2": k2, "sources": sorted(set(tiles.source))[:50]})
+    gate = Gate(sha256, int(means.shape[1]), stage1, stage2, weight, bias, report)
+    path = Path(out) if out else gate_path(resolve_model_path(model_path))
+    gate.calibration["ops_per_tile"] = gate.ops_per_tile((tile_px // 32) ** 2)
+    gate.to_json(path)
+    plot_channels(means, target, gate, path.with_suffix(".png"))
+    return gate, path
