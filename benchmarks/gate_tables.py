@@ -14,7 +14,7 @@ the decoder's output. Reported per gate:
 * decoder FLOPs per tile (counted with torch's FlopCounterMode), the decoder and total computation saved,
   and the gate's operations per tile; encoder / decoder milliseconds per tile measured in this run.
 
-``--write-gate`` stores the figures of each gate in its JSON under ``calibration.validation``.
+``--write-gate`` stores the figures of each gate in its JSON under ``calibration.validation.<config names>``.
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ def main() -> None:
         exec_rate = float(opened.mean())
         entry = {
             "building_iou": iou, **rates(opened, target), "building_tiles": int(target.sum()),
+            "missed_tiles_mean_building_fraction": round(float(np.mean(
+                [r["fraction"] for r, op, t in zip(rows, opened, target) if t and not op] or [0.0])), 4),
             "decoder_computation_reduction": round(1 - exec_rate, 4),
             "model_computation_reduction": round((1 - exec_rate) * dec_flops / (enc_flops + dec_flops), 4),
             "gate_ops_per_tile": gate.ops_per_tile(cells),
@@ -153,7 +155,10 @@ def main() -> None:
             entry["class_iou"] = {k: iou_table(m[: len(classes), : len(classes)], classes) for k, m in mats.items()}
         results["gates"][str(gate_file)] = entry
         if args.write_gate:
-            gate.calibration["validation"] = {k: v for k, v in results.items() if k != "gates"} | entry
+            key = "+".join(Path(d).stem for d in args.data)
+            gate.calibration.setdefault("validation", {})[key] = {k: v for k, v in results.items() if k != "gates"} | entry
+            gate.calibration["validation"][key]["command"] = "python benchmarks/gate_tables.py " + " ".join(
+                [f"--model {card.name}"] + [f"--data {d}" for d in args.data] + ["--write-gate"])
             gate.to_json(gate_file)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

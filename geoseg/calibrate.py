@@ -109,6 +109,12 @@ def collect(net: SegmentationModel, configs: list[tuple[TrainConfig, Path]], spl
     return out
 
 
+def scene_group(name: str) -> str:
+    """The group a scene belongs to for worst-group calibration: its folder ("dubai/tile_1/image_part_002" ->
+    "dubai/tile_1", "chips/OAM-..." -> "chips"), or the scene itself ("banepa:train")."""
+    return name.rsplit("/", 1)[0]
+
+
 def fit_probe(features: np.ndarray, targets: np.ndarray, steps: int = 400, weight_decay: float = 1e-4,
               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Softmax regression (a 1x1 conv on the bottleneck) to the class fractions under each cell.
@@ -181,7 +187,7 @@ def plot_channels(means: np.ndarray, target: np.ndarray, gate: Gate, path: Path)
 
 def calibrate(model_path: str, data: list[str], out: str | None = None, split: str = "train", tile_px: int = 512,
               target_fraction: float = 0.005, k1: int = 10, k2: int = 3, target_recall: float | None = None,
-              autocast: bool = False, seed: int = 0, progress=None) -> tuple[Gate, Path]:
+              per_group: bool = False, autocast: bool = False, seed: int = 0, progress=None) -> tuple[Gate, Path]:
     """Calibrate, write the gate JSON (beside the model unless ``out``) and its PNG; returns (gate, path)."""
     from .model import load_model
 
@@ -191,7 +197,8 @@ def calibrate(model_path: str, data: list[str], out: str | None = None, split: s
     tiles = collect(net, configs, split, tile_px, autocast, rng, progress)
     means, fraction = tiles.arrays()
     target = fraction >= target_fraction
-    stage1, stage2, report = calibrate_rules(means, target, k1, k2, target_recall)
+    groups = np.array([scene_group(name) for name in tiles.source]) if per_group else None
+    stage1, stage2, report = calibrate_rules(means, target, k1, k2, target_recall, groups)
     weight = bias = None
     if tiles.cell_features and set(net.card.classes) - {"background", "building", "building_separator"}:
         w, b = fit_probe(np.concatenate(tiles.cell_features), np.concatenate(tiles.cell_targets), seed=seed)

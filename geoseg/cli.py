@@ -131,7 +131,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     with tqdm(unit="tile", desc="calibrating", disable=args.quiet, file=sys.stderr, leave=False) as bar:
         gate, path = calibrate(args.model, args.data, out=args.out, split=args.split, tile_px=args.tile_px,
                                target_fraction=args.target_fraction, k1=args.k1, k2=args.k2,
-                               target_recall=args.target_recall, autocast=use_bf16(args.precision), progress=bar)
+                               target_recall=args.target_recall, per_group=args.per_group,
+                               autocast=use_bf16(args.precision), progress=bar)
     c = gate.calibration
     print(f"{c['tiles']} tiles ({c['target_tiles']} with buildings); stage 1: {len(gate.stage1)} channels "
           f"{c['stage1_only']}; stage 2: {len(gate.stage2)} channels; gate: {c['gate']}")
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--k2", type=int, default=3, help="stage-2 (AND, false-alarm filter) channels; 0: none")
     ca.add_argument("--target-recall", type=float, default=None,
                     help="pick thresholds for this building-tile recall at the lowest execution rate (default: Youden)")
+    ca.add_argument("--per-group", action="store_true",
+                    help="with --target-recall: meet it in every scene folder with >= 10 building tiles, not only pooled")
     ca.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ca.add_argument("--quiet", action="store_true")
     ca.set_defaults(func=cmd_calibrate)

@@ -176,13 +176,18 @@ def _top_rules(table: list[dict], k: int) -> list[ChannelRule]:
 
 
 def calibrate_rules(means: np.ndarray, target: np.ndarray, k1: int = 10, k2: int = 3,
-                    target_recall: float | None = None) -> tuple[list[ChannelRule], list[ChannelRule], dict]:
+                    target_recall: float | None = None, groups: np.ndarray | None = None,
+                    min_group_targets: int = 10) -> tuple[list[ChannelRule], list[ChannelRule], dict]:
     """Stage-1 and stage-2 rules from calibration tiles, and a report of what was chosen and why.
 
     Stage 1: the K1 channels with the best single-channel J, each at its Youden threshold. Stage 2: among the
     tiles stage 1 opens, the K2 channels that best tell false alarms (non-target) from targets, each at its
     Youden threshold for that split; it is kept only if it improves the gate (J, or the execution rate at the
     required recall). With ``target_recall`` the thresholds of each stage are moved together (see module).
+
+    ``groups`` (one label per tile, e.g. the folder a scene came from): the recall target must then hold in
+    *every* group with at least ``min_group_targets`` target tiles, not only pooled — a gate calibrated this
+    way keeps its recall on imagery unlike most of the calibration set (worst-group calibration).
     """
     target = np.asarray(target, bool)
     if target.all() or not target.any():
@@ -191,7 +196,15 @@ def calibrate_rules(means: np.ndarray, target: np.ndarray, k1: int = 10, k2: int
     sigma = means.std(axis=0) + 1e-12
     table = channel_table(means, target)
     stage1 = _top_rules(table, k1)
-    recall_of = lambda s1, s2=(): rates(gate_open(s1, list(s2), means), target)["recall"]  # noqa: E731
+    checked = [np.ones(len(target), bool)]
+    if groups is not None:
+        groups = np.asarray(groups)
+        checked += [groups == g for g in np.unique(groups) if (target & (groups == g)).sum() >= min_group_targets]
+
+    def recall_of(s1, s2=()):
+        opened = gate_open(s1, list(s2), means)
+        return min(rates(opened[rows], target[rows])["recall"] for rows in checked)
+
     shift1 = 0.0
     if target_recall is not None:
         shift1 = _least_shift(lambda t: _shifted(stage1, sigma, t), recall_of, target_recall)
@@ -215,7 +228,9 @@ def calibrate_rules(means: np.ndarray, target: np.ndarray, k1: int = 10, k2: int
         stage2 = candidate if better else []
     report = {
         "tiles": int(len(target)), "target_tiles": int(target.sum()),
-        "mode": "youden" if target_recall is None else f"target_recall {target_recall}",
+        "mode": "youden" if target_recall is None else f"target_recall {target_recall}"
+                + (f" in each of {len(checked) - 1} groups" if len(checked) > 1 else ""),
+        "worst_group_recall": recall_of(stage1, stage2) if len(checked) > 1 else None,
         "threshold_shift_sigma": {"stage1": round(shift1, 4), "stage2": round(shift2, 4)},
         "stage1_channels": [_row(table, r.channel) for r in stage1],
         "stage2_channels": [_row(table2, r.channel) for r in stage2],

@@ -49,3 +49,7 @@ def test_real_raster_runs_or_is_refused_as_too_coarse(tmp_path, path):
             assert (mask.shape, mask.transform) == (src_shape, src_transform)
             assert np.array_equal(labels == MASK_NODATA, ~src_valid)  # nodata / internal masks carried over
     assert summary["tiles_encoded"] + summary["tiles_nodata"] == summary["tiles_total"]
+    # the shipped gate is the default: the decoder ran on at most the tiles that were encoded
+    assert summary["backend"] == "bgs"
+    assert summary["tiles_decoded"] <= summary["tiles_encoded"]
+    assert summary["decoder_execution_rate"] == round(summary["tiles_decoded"] / max(summary["tiles_encoded"], 1), 4)

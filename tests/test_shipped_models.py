@@ -42,3 +42,20 @@ def test_card_metrics_reproduce_on_a_validation_slice(weights):
     metric = config.select_metric
     assert measured[name]["pixels"] == per_scene[name]["pixels"]
     assert measured[name][metric] == pytest.approx(per_scene[name][metric], abs=0.02)
+
+
+@pytest.mark.parametrize("weights", MODELS, ids=lambda p: p.stem)
+def test_shipped_gate_is_bound_to_the_shipped_weights_and_is_the_default(weights):
+    from geoseg.backends import BackendSpec, resolve_spec
+    from geoseg.card import file_sha256
+    from geoseg.gate import gate_path, load_gate
+
+    if not gate_path(weights).exists():
+        pytest.skip(f"{weights.stem} ships no gate")
+    gate = load_gate(weights, file_sha256(weights))  # refuses a gate calibrated for other weights
+    report = gate.calibration
+    assert 1 <= len(gate.stage1) <= report["k1"] and len(gate.stage2) <= report["k2"]
+    assert 0 < report["gate"]["execution_rate"] <= 1 and report["gate"]["recall"] >= 0.95  # the calibration target
+    assert report["validation"], "the gate's validation tables (benchmarks/gate_tables.py --write-gate) are missing"
+    assert resolve_spec(BackendSpec(model=str(weights))).name == "bgs"
+    assert gate_path(weights).with_suffix(".png").exists()
