@@ -28,7 +28,7 @@ from .card import resolve_model_path
 from .datasets import IGNORE, LabelledScene
 from .errors import GeosegError
 from .gate import Gate, calibrate_rules, gate_open, gate_path
-from .model import SegmentationModel
+from .model import GeoModel
 from .tile import tile_grid
 from .train import TrainConfig, load_config, load_scenes
 
@@ -74,7 +74,7 @@ def cell_fractions(labels: np.ndarray, cells: tuple[int, int], n_classes: int) -
 
 
 @torch.inference_mode()
-def collect(net: SegmentationModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int,
+def collect(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int,
             autocast: bool, rng: np.random.Generator, progress=None) -> TileSet:
     """Encode every calibration tile of the configs' ``split`` scenes (see the module docstring)."""
     card, out = net.card, TileSet()

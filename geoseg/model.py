@@ -22,7 +22,25 @@ from .card import ModelCard, file_sha256, resolve_model_path
 from .errors import GeosegError
 
 
-class SegmentationModel(nn.Module):
+class GeoModel(nn.Module):
+    """What every geoseg model shares: its card, input preparation, and ``encode`` -> (gate) -> ``decode``."""
+
+    card: ModelCard
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Scene-stretched [0, 1] pixels (N, bands, H, W) -> model input: standardised with the card's mean/std,
+        padded at the bottom/right to the card's size multiple, channels_last. Training and inference both
+        call this, so they cannot drift apart."""
+        mean = torch.tensor(self.card.norm_mean, device=pixels.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.card.norm_std, device=pixels.device).view(1, -1, 1, 1)
+        x = pad_to_multiple((pixels - mean) / std, self.card.size_multiple_px)
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+class SegmentationModel(GeoModel):
     """A U-Net split into its three parts: ``encode`` -> (gate) -> ``decode`` -> logits."""
 
     def __init__(self, card: ModelCard):
@@ -49,17 +67,38 @@ class SegmentationModel(nn.Module):
             features = [f[index] for f in features]
         return self.head(self.decoder(features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
 
-    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Scene-stretched [0, 1] pixels (N, bands, H, W) -> model input: standardised with the card's mean/std,
-        padded at the bottom/right to the card's size multiple, channels_last. Training and inference both
-        call this, so they cannot drift apart."""
-        mean = torch.tensor(self.card.norm_mean, device=pixels.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.card.norm_std, device=pixels.device).view(1, -1, 1, 1)
-        x = pad_to_multiple((pixels - mean) / std, self.card.size_multiple_px)
-        return x.contiguous(memory_format=torch.channels_last)
+class RealtimeModel(GeoModel):
+    """Fast-SCNN or ContextNet (:mod:`geoseg.nets`) behind the same interface, with auxiliary heads for training."""
+
+    def __init__(self, card: ModelCard):
+        super().__init__()
+        from .nets.contextnet import ContextNet
+        from .nets.fastscnn import FastSCNN
+
+        nets = {"fastscnn": FastSCNN, "contextnet": ContextNet}
+        self.card = card
+        self.net = nets[card.architecture](len(card.bands), len(card.classes))
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.encode(x)
+
+    def decode(self, features: list[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net.decode(features, index)
+
+    def aux_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.net.aux_logits(features)
+
+
+ARCHITECTURES = {"unet": SegmentationModel, "fastscnn": RealtimeModel, "contextnet": RealtimeModel}
+
+
+def build_model(card: ModelCard) -> GeoModel:
+    """The (untrained) model a card describes."""
+    if card.architecture not in ARCHITECTURES:
+        raise GeosegError(f"model {card.name}: unknown architecture {card.architecture!r}; "
+                          f"known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[card.architecture](card)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -91,11 +130,11 @@ def use_bf16(precision: str, device: str = "cpu") -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
 
 
-def load_model(model: str | os.PathLike | None = None) -> tuple[SegmentationModel, str]:
+def load_model(model: str | os.PathLike | None = None) -> tuple[GeoModel, str]:
     """Build the model from its card and load its safetensors weights. Returns (model in eval mode, sha256)."""
     path = resolve_model_path(model)
     card = ModelCard.from_json(path.with_suffix(".json"))
-    net = SegmentationModel(card)
+    net = build_model(card)
     try:
         state = {k: v.float() for k, v in load_file(str(path)).items()}
         net.load_state_dict(state, strict=True)
@@ -104,7 +143,7 @@ def load_model(model: str | os.PathLike | None = None) -> tuple[SegmentationMode
     return net.eval(), file_sha256(path)
 
 
-def init_weights_from(net: SegmentationModel, path: str | os.PathLike) -> str:
+def init_weights_from(net: GeoModel, path: str | os.PathLike) -> str:
     """Start ``net`` from another model's weights (fine-tuning). Tensors of equal shape are copied; a tensor
     whose leading (output-class) size differs gets the overlapping classes copied and keeps its fresh
     initialisation for the rest, so a 2-class model can seed a 3-class one. Returns the source's sha256."""
@@ -126,7 +165,7 @@ def init_weights_from(net: SegmentationModel, path: str | os.PathLike) -> str:
     return file_sha256(path)
 
 
-def save_model(net: SegmentationModel, path: str | os.PathLike, half: bool = True) -> str:
+def save_model(net: GeoModel, path: str | os.PathLike, half: bool = True) -> str:
     """Write weights (fp16 by default, to keep shipped models small) and card; returns the weights' sha256."""
     path = Path(path)
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}

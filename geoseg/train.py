@@ -25,7 +25,10 @@ from tqdm import tqdm
 from .card import ModelCard
 from .datasets import IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source
 from .errors import GeosegError
-from .model import SegmentationModel, init_weights_from, save_model, use_bf16
+from .model import GeoModel, build_model, init_weights_from, save_model, use_bf16
+
+
+AUX_LOSS_WEIGHT = 0.4
 
 
 class _Strict(BaseModel):
@@ -62,7 +65,8 @@ Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource], Field(discrim
 
 class TrainConfig(_Strict):
     name: str
-    encoder: str = "resnet18"
+    architecture: Literal["unet", "fastscnn", "contextnet"] = "unet"
+    encoder: str = "resnet18"  # U-Net only
     classes: list[str] = Field(min_length=2)
     building_class: int = Field(ge=0)
     separator_class: int | None = Field(None, ge=0)
@@ -176,7 +180,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 
 @torch.inference_mode()
-def predict_scene(net: SegmentationModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
+def predict_scene(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
     """Class labels (h, w) of an in-memory scene, in tiles of at most ``tile_px`` (no overlap: validation only)."""
     _, h, w = pixels.shape
     out = np.zeros((h, w), np.uint8)
@@ -221,7 +225,7 @@ def fold_separator(matrix: np.ndarray, building_class: int, separator_class: int
     return np.delete(np.delete(m, separator_class, 0), separator_class, 1)
 
 
-def validate(net: SegmentationModel, scenes: list[LabelledScene], autocast: bool) -> tuple[dict, dict]:
+def validate(net: GeoModel, scenes: list[LabelledScene], autocast: bool) -> tuple[dict, dict]:
     """Metrics over all validation scenes pooled, and per scene (so a test can re-check a card on one slice).
     Building metrics count the separator class as building; its own IoU is reported as ``separator_iou``."""
     net.eval()
@@ -275,11 +279,12 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     if not train_scenes or not val_scenes:
         raise GeosegError("the sources give no training or no validation scenes: check splits and val_fraction")
     autocast = use_bf16(config.precision)
-    card = ModelCard(name=config.name, architecture="unet", encoder=config.encoder, classes=config.classes,
+    card = ModelCard(name=config.name, architecture=config.architecture,
+                     encoder=config.encoder if config.architecture == "unet" else "", classes=config.classes,
                      building_class=config.building_class, separator_class=config.separator_class,
                      bands=["red", "green", "blue"], gsd_m=config.gsd_m, licence=config.licence,
                      attribution=config.attribution)
-    net = SegmentationModel(card)
+    net = build_model(card)
     init = None
     if config.init_from:
         near = Path(config_path).parent / config.init_from
@@ -312,7 +317,10 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         for _ in bar:
             x, y = sampler.batch(config.batch_size)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss = segmentation_loss(net(net.prepare(x)), y)
+                features = net.encode(net.prepare(x))
+                loss = segmentation_loss(net.decode(features), y)
+                for aux in getattr(net, "aux_logits", lambda f: [])(features):
+                    loss = loss + AUX_LOSS_WEIGHT * segmentation_loss(aux, y)  # as both real-time papers
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

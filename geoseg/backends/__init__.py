@@ -26,7 +26,11 @@ from ..gate import gate_path, load_gate
 REGISTRY: dict[str, str] = {
     "unet": "geoseg.backends.unet:UNetBackend",
     "bgs": "geoseg.backends.bgs:BGSBackend",
+    "fastscnn": "geoseg.backends.realtime:FastSCNNBackend",
+    "contextnet": "geoseg.backends.realtime:ContextNetBackend",
 }
+#: the model a backend runs when no --model is given (None: geoseg's default model); torch-free, for the driver
+DEFAULT_MODELS: dict[str, str] = {"fastscnn": "buildings-fastscnn", "contextnet": "buildings-contextnet"}
 #: ``--backend auto`` (the default): the gated backend where the model has a calibrated gate beside it, else dense
 AUTO = "auto"
 
@@ -64,7 +68,10 @@ def backend_class(name: str):
 
 
 def resolve_spec(spec: BackendSpec) -> BackendSpec:
-    """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``), else ``unet``; other names unchanged."""
+    """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``), else ``unet``; a backend with a model of
+    its own (:data:`DEFAULT_MODELS`) gets it when none is given; other names unchanged."""
+    if spec.name in DEFAULT_MODELS and spec.model is None:
+        return replace(spec, model=DEFAULT_MODELS[spec.name])
     if spec.name != AUTO:
         return spec
     has_gate = gate_path(resolve_model_path(spec.model)).exists()
@@ -77,9 +84,12 @@ def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
         backend_class(spec.name)  # raises the "unknown backend" error
     path = resolve_model_path(spec.model)
     sha256 = file_sha256(path)
+    card = ModelCard.from_json(path.with_suffix(".json"))
+    if spec.name in DEFAULT_MODELS and card.architecture != spec.name:
+        raise GeosegError(f"--backend {spec.name}: model {card.name} is a {card.architecture}, not a {spec.name}")
     if spec.name == "bgs":
         load_gate(path, sha256)  # a missing or mismatched gate is refused here, before any worker starts
-    return ModelCard.from_json(path.with_suffix(".json")), sha256
+    return card, sha256
 
 
 @functools.lru_cache(maxsize=4)

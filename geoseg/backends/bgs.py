@@ -60,7 +60,9 @@ class BGSBackend(UNetBackend):
             opened = torch.from_numpy(self.gate.open(means)).to(self.device)
             index = torch.nonzero(opened).flatten()
             probs = torch.empty((n, len(self.card.classes)) + tuple(x.shape[-2:]), device=self.device)
-            if len(index):
+            if len(index) == n:  # all open: no subset copy of the skip features
+                probs = torch.softmax(self.net.decode(features).float(), dim=1)
+            elif len(index):
                 probs[index] = torch.softmax(self.net.decode(features, index).float(), dim=1)
             if len(index) < n:
                 probs[~opened] = self.coarse(bottleneck[~opened], tuple(x.shape[-2:]))
