@@ -5,6 +5,7 @@ net. They share the dense backend's code; each refuses a model of another archit
 from __future__ import annotations
 
 from ..errors import GeosegError
+from . import DEFAULT_MODELS
 from .unet import UNetBackend
 
 
@@ -12,7 +13,7 @@ class _RealtimeBackend(UNetBackend):
     architecture = ""
 
     def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto"):
-        super().__init__(model=model, device=device, precision=precision)
+        super().__init__(model=model or DEFAULT_MODELS[self.name], device=device, precision=precision)
         if self.card.architecture != self.architecture:
             raise GeosegError(f"--backend {self.name}: model {self.card.name} is a {self.card.architecture}, "
                               f"not a {self.architecture}")
