@@ -74,7 +74,7 @@ def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: li
     decoded = 0
     if keep:
         out = backend.predict(np.stack([reads[i][0] for i in keep]))
-        probabilities = {i: p.astype(np.float16) for i, p in zip(keep, out.probabilities)}
+        probabilities = {i: np.asarray(p, dtype=np.float16) for i, p in zip(keep, out.probabilities)}  # no copy if f16
         decoded = out.decoded
     t2 = time.perf_counter()
     predictions = [TilePrediction(t, probabilities.get(i), reads[i][1]) for i, t in enumerate(tiles)]

@@ -119,12 +119,12 @@ def test_gated_backend_decodes_only_opened_tiles_exactly_as_dense(tmp_path):
     out, reference = gated.predict(pixels), dense.predict(pixels)
     opened = means > threshold
     assert out.decoded == 2 and out.probabilities.shape == reference.probabilities.shape
-    np.testing.assert_allclose(out.probabilities[opened], reference.probabilities[opened], atol=1e-5)
+    np.testing.assert_allclose(out.probabilities[opened], reference.probabilities[opened], atol=1e-3)  # float16
     skipped = out.probabilities[~opened]
     assert (skipped[:, 1] == 0).all()
     expected_road = np.exp(1.0) / (1 + np.exp(1.0))  # softmax over background 0 and road 1 once building is dropped
-    np.testing.assert_allclose(skipped[:, 2], expected_road, atol=1e-5)
-    np.testing.assert_allclose(skipped.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(skipped[:, 2], expected_road, atol=1e-3)
+    np.testing.assert_allclose(skipped.sum(1, dtype=np.float32), 1.0, atol=2e-3)
     assert json.loads(gate_path(path).read_text())["model_sha256"] == sha
 
 

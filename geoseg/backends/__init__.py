@@ -37,7 +37,7 @@ AUTO = "auto"
 
 @dataclass(frozen=True)
 class BatchPrediction:
-    probabilities: np.ndarray  # float32 (N, C, H, W), summing to 1 over C
+    probabilities: np.ndarray  # float16 (or float32) (N, C, H, W), summing to 1 over C
     decoded: int  # how many of the N tiles went through the decoder
 
 

@@ -66,4 +66,4 @@ class BGSBackend(UNetBackend):
                 probs[index] = torch.softmax(self.net.decode(features, index).float(), dim=1)
             if len(index) < n:
                 probs[~opened] = self.coarse(bottleneck[~opened], tuple(x.shape[-2:]))
-        return BatchPrediction(probs[..., :h, :w].cpu().numpy(), decoded=len(index))
+        return BatchPrediction(probs[..., :h, :w].half().cpu().numpy(), decoded=len(index))
