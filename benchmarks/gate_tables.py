@@ -90,7 +90,7 @@ def main() -> None:
         config, root = load_config(path)
         config = config.model_copy(update={"gsd_m": card.gsd_m})
         own = config.classes == card.classes
-        truth_building = [config.building_class] + ([config.separator_class] if config.separator_class is not None else [])
+        truth_building = config.building_classes
         for scene in (s for s in load_scenes(config, root) if s.split == "val"):
             for pixels, labels in scene_tiles(scene, args.tile_px):
                 h, w = labels.shape

@@ -28,11 +28,12 @@ from .card import resolve_model_path
 from .datasets import IGNORE, LabelledScene
 from .errors import GeosegError
 from .gate import Gate, calibrate_rules, gate_open, gate_path
-from .model import GeoModel
+from .model import GeoModel, load_model
 from .tile import tile_grid
 from .train import TrainConfig, load_config, load_scenes
 
 _CELLS_PER_TILE = 48
+_BATCH_TILES = 8
 
 
 @dataclass
@@ -81,32 +82,40 @@ def collect(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, 
     for config, root in configs:
         config = config.model_copy(update={"gsd_m": card.gsd_m})
         own_classes = config.classes == card.classes
-        building = [config.building_class] + ([config.separator_class] if config.separator_class is not None else [])
+        building = config.building_classes
         named = [c for i, c in enumerate(config.classes) if i not in building]
         for scene in (s for s in load_scenes(config, root) if s.split == split):
-            for pixels, labels in scene_tiles(scene, tile_px):
+            tiles = list(scene_tiles(scene, tile_px))  # all of one size: the grid moves the last tile back
+            for start in range(0, len(tiles), _BATCH_TILES):
+                batch = tiles[start : start + _BATCH_TILES]
+                x = torch.from_numpy(np.stack([pixels for pixels, _ in batch]))
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    bottleneck = net.encode(net.prepare(torch.from_numpy(np.ascontiguousarray(pixels))[None]))[-1]
-                bottleneck = bottleneck.float()[0]
-                known = labels[labels != IGNORE]
-                counts = np.bincount(known, minlength=len(config.classes))
-                out.means.append(bottleneck.mean((1, 2)).numpy())
-                out.building_fraction.append(float(counts[building].sum() / known.size))
-                out.composition.append({c: float(counts[config.classes.index(c)] / known.size) for c in named})
-                out.source.append(scene.name)
-                if own_classes:
-                    cells = bottleneck.shape[1:]
-                    fractions, usable = cell_fractions(labels, cells, len(config.classes))
-                    features = bottleneck.reshape(bottleneck.shape[0], -1).T.numpy()
-                    pick = np.flatnonzero(usable)
-                    pick = rng.choice(pick, size=min(len(pick), _CELLS_PER_TILE), replace=False)
-                    out.cell_features.append(features[pick].astype(np.float16))
-                    out.cell_targets.append(fractions[pick])
+                    bottlenecks = net.encode(net.prepare(x))[-1].float()
+                for bottleneck, (_, labels) in zip(bottlenecks, batch):
+                    _add_tile(out, bottleneck, labels, config, building, named, own_classes, scene.name, rng)
                 if progress is not None:
-                    progress.update(1)
+                    progress.update(len(batch))
     if not out.means:
         raise GeosegError(f"no calibration tiles: the configs have no {split!r} scenes at least half labelled")
     return out
+
+
+def _add_tile(out: TileSet, bottleneck: torch.Tensor, labels: np.ndarray, config: TrainConfig, building: list[int],
+              named: list[str], own_classes: bool, source: str, rng: np.random.Generator) -> None:
+    """Record one encoded tile: channel means, building fraction, class composition, sampled probe cells."""
+    known = labels[labels != IGNORE]
+    counts = np.bincount(known, minlength=len(config.classes))
+    out.means.append(bottleneck.mean((1, 2)).numpy())
+    out.building_fraction.append(float(counts[building].sum() / known.size))
+    out.composition.append({c: float(counts[config.classes.index(c)] / known.size) for c in named})
+    out.source.append(source)
+    if own_classes:
+        fractions, usable = cell_fractions(labels, tuple(bottleneck.shape[1:]), len(config.classes))
+        features = bottleneck.reshape(bottleneck.shape[0], -1).T.numpy()
+        pick = np.flatnonzero(usable)
+        pick = rng.choice(pick, size=min(len(pick), _CELLS_PER_TILE), replace=False)
+        out.cell_features.append(features[pick].astype(np.float16))
+        out.cell_targets.append(fractions[pick])
 
 
 def scene_group(name: str) -> str:
@@ -189,8 +198,6 @@ def calibrate(model_path: str, data: list[str], out: str | None = None, split: s
               target_fraction: float = 0.005, k1: int = 10, k2: int = 3, target_recall: float | None = None,
               per_group: bool = False, autocast: bool = False, seed: int = 0, progress=None) -> tuple[Gate, Path]:
     """Calibrate, write the gate JSON (beside the model unless ``out``) and its PNG; returns (gate, path)."""
-    from .model import load_model
-
     net, sha256 = load_model(model_path)
     configs = [load_config(p) for p in data]
     rng = np.random.default_rng(seed)
@@ -200,7 +207,9 @@ def calibrate(model_path: str, data: list[str], out: str | None = None, split: s
     groups = np.array([scene_group(name) for name in tiles.source]) if per_group else None
     stage1, stage2, report = calibrate_rules(means, target, k1, k2, target_recall, groups)
     weight = bias = None
-    if tiles.cell_features and set(net.card.classes) - {"background", "building", "building_separator"}:
+    card = net.card
+    other_classes = [i for i in range(len(card.classes)) if i not in (card.building_class, card.separator_class)]
+    if tiles.cell_features and len(other_classes) > 1:  # one other class (background) needs no probe
         w, b = fit_probe(np.concatenate(tiles.cell_features), np.concatenate(tiles.cell_targets), seed=seed)
         weight, bias = w.round(6).tolist(), b.round(6).tolist()
     report["confounders_of_stage1"] = confounders(tiles, gate_open(stage1, [], means), target)

@@ -18,6 +18,7 @@ Source kinds:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +64,19 @@ def read_on_grid(path: str | Path, grid: Grid) -> np.ndarray:
         return vrt.read(1)
 
 
-def instances_on_grid(path: str | Path, grid: Grid) -> np.ndarray:
-    """Polygons (any CRS) rasterised on ``grid`` as instance ids: int32, 1..n inside building i, 0 elsewhere
-    (where polygons overlap, the later one wins)."""
+@functools.lru_cache(maxsize=8)
+def read_label_polygons(path: str | Path) -> gpd.GeoDataFrame:
+    """A label file's polygons, read once per process (chips of one folder share one file)."""
     frame = gpd.read_file(path)
     if frame.crs is None:
         raise GeosegError(f"{path}: the labels have no CRS")
+    return frame
+
+
+def instances_on_grid(path: str | Path, grid: Grid) -> np.ndarray:
+    """Polygons (any CRS) rasterised on ``grid`` as instance ids: int32, 1..n inside building i, 0 elsewhere
+    (where polygons overlap, the later one wins)."""
+    frame = read_label_polygons(path)
     shapes = [g for g in frame.to_crs(grid.crs).geometry if g is not None and not g.is_empty]
     if not shapes:
         return np.zeros((grid.height, grid.width), np.int32)

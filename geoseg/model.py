@@ -20,6 +20,8 @@ from torch import nn
 
 from .card import ModelCard, file_sha256, resolve_model_path
 from .errors import GeosegError
+from .nets.contextnet import ContextNet
+from .nets.fastscnn import FastSCNN
 
 
 class GeoModel(nn.Module):
@@ -73,12 +75,8 @@ class RealtimeModel(GeoModel):
 
     def __init__(self, card: ModelCard):
         super().__init__()
-        from .nets.contextnet import ContextNet
-        from .nets.fastscnn import FastSCNN
-
-        nets = {"fastscnn": FastSCNN, "contextnet": ContextNet}
         self.card = card
-        self.net = nets[card.architecture](len(card.bands), len(card.classes))
+        self.net = {"fastscnn": FastSCNN, "contextnet": ContextNet}[card.architecture](len(card.bands), len(card.classes))
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.net.encode(x)

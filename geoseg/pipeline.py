@@ -238,10 +238,10 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     t = time.perf_counter()
     # 0.8: a margin for the difference between pixel area and area in the metric CRS; exact filter follows
     min_pixels = int(0.8 * opts.min_area_m2 / facts["grid_gsd_m"] ** 2)
+    separator = {"separator_threshold": _either(opts.separator_threshold, card.separator_threshold),
+                 "separator_dilate_px": _either(opts.separator_dilate_px, card.separator_dilate_px)}
     pieces = building_pieces(mask_tmp, prob_tmp, grid, card.building_class, min_pixels=min_pixels,
-                             separator_path=separator_tmp,
-                             separator_threshold=_either(opts.separator_threshold, card.separator_threshold),
-                             separator_dilate_px=_either(opts.separator_dilate_px, card.separator_dilate_px))
+                             separator_path=separator_tmp, **separator)
     frame = pieces_to_frame(pieces, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m)
     vectorise_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -279,9 +279,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
             "stitch": round(stitch_s, 2), "vectorise": round(vectorise_s, 2), "write": round(write_s, 2),
         },
         "buildings": len(frame),
-        **({"separator_threshold": _either(opts.separator_threshold, card.separator_threshold),
-            "separator_dilate_px": _either(opts.separator_dilate_px, card.separator_dilate_px)}
-           if card.separator_class is not None else {}),
+        **(separator if card.separator_class is not None else {}),
         "min_area_m2": opts.min_area_m2,
         "simplify_m": opts.simplify_m,
         "peak_rss_mb": round(_peak_rss_mb() + worker_rss, 1),

@@ -87,6 +87,11 @@ class TrainConfig(_Strict):
     licence: str = ""
     attribution: str = ""
 
+    @property
+    def building_classes(self) -> list[int]:
+        """Label values that are building: the building class and the separator (the line between buildings)."""
+        return [self.building_class] + ([self.separator_class] if self.separator_class is not None else [])
+
 
 def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
     """Parse and validate a YAML training config; errors name the field path. Returns (config, data root)."""

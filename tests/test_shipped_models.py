@@ -59,3 +59,27 @@ def test_shipped_gate_is_bound_to_the_shipped_weights_and_is_the_default(weights
     assert report["validation"], "the gate's validation tables (benchmarks/gate_tables.py --write-gate) are missing"
     assert resolve_spec(BackendSpec(model=str(weights))).name == "bgs"
     assert gate_path(weights).with_suffix(".png").exists()
+
+
+@needs_shared_data()
+def test_shipped_gate_validation_figures_reproduce():
+    """The default gate's validation decoder rate and tile recall (gate_tables.py --write-gate) come back when the
+    validation tiles are encoded again with the shipped weights (within one tile of 27)."""
+    import numpy as np
+
+    from geoseg.calibrate import collect
+    from geoseg.card import file_sha256
+    from geoseg.gate import load_gate, rates
+
+    weights = next(w for w in MODELS if w.stem == "buildings-unet-r18")
+    gate = load_gate(weights, file_sha256(weights))
+    entry = gate.calibration["validation"]["buildings-unet-r18"]
+    net, _ = load_model(str(weights))
+    config = TrainConfig.model_validate(net.card.training["config_values"])
+    tiles = collect(net, [(config, SHARED_DATA.resolve())], "val", entry["tile_px"],
+                    autocast=bf16_is_fast(), rng=np.random.default_rng(0))
+    means, fraction = tiles.arrays()
+    measured = rates(gate.open(means), fraction >= gate.calibration["target_fraction"])
+    assert len(means) == entry["tiles"]
+    assert measured["execution_rate"] == pytest.approx(entry["execution_rate"], abs=1 / entry["tiles"] + 1e-9)
+    assert measured["recall"] == pytest.approx(entry["recall"], abs=1 / entry["building_tiles"] + 1e-9)

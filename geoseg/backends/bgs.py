@@ -1,4 +1,4 @@
-"""Gated U-Net backend (BGS-Net): encoder on every tile, the gate on the bottleneck, decoder only where it opens.
+"""Gated backend (BGS-Net, for any model with ``encode``/``decode``): encoder on every tile, the gate on the bottleneck, decoder only where it opens.
 
 The encoder runs on the whole batch; the gate averages only the bottleneck channels its rules read; the decoder
 runs once on the opened subset (``decode(features, index)``, no per-tile loop). A skipped tile gets a coarse
@@ -50,20 +50,20 @@ class BGSBackend(UNetBackend):
 
     @torch.inference_mode()
     def predict(self, pixels: np.ndarray) -> BatchPrediction:
-        n, (h, w) = len(pixels), pixels.shape[-2:]
+        n = len(pixels)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            x = self.net.prepare(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device))
+            x = self.model_input(pixels)
             features = self.net.encode(x)
             bottleneck = features[-1]
             means = np.zeros((n, self.gate.bottleneck_channels))
             means[:, self.gate.channels] = bottleneck[:, self.channels].float().mean((2, 3)).cpu().numpy()
             opened = torch.from_numpy(self.gate.open(means)).to(self.device)
             index = torch.nonzero(opened).flatten()
-            probs = torch.empty((n, len(self.card.classes)) + tuple(x.shape[-2:]), device=self.device)
-            if len(index) == n:  # all open: no subset copy of the skip features
+            if len(index) == n:  # all open: the plain decoder call, no subset copy of the skip features
                 probs = torch.softmax(self.net.decode(features).float(), dim=1)
-            elif len(index):
-                probs[index] = torch.softmax(self.net.decode(features, index).float(), dim=1)
-            if len(index) < n:
+            else:
+                probs = torch.empty((n, len(self.card.classes)) + tuple(x.shape[-2:]), device=self.device)
+                if len(index):
+                    probs[index] = torch.softmax(self.net.decode(features, index).float(), dim=1)
                 probs[~opened] = self.coarse(bottleneck[~opened], tuple(x.shape[-2:]))
-        return BatchPrediction(probs[..., :h, :w].half().cpu().numpy(), decoded=len(index))
+        return BatchPrediction(self.to_numpy(probs, *pixels.shape[-2:]), decoded=len(index))

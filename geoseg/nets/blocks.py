@@ -50,6 +50,32 @@ def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+class TwoBranchNet(nn.Module):
+    """What Fast-SCNN and ContextNet share after their encoders: ``decode`` = fusion of the 1/8 and 1/32
+    features + classifier, upsampled x8; ``aux_logits`` = the auxiliary heads (training only) at that size.
+    Subclasses set ``fusion``, ``classifier`` and ``aux`` and say which features the aux heads read."""
+
+    fusion: nn.Module
+    classifier: nn.Module
+
+    def aux_inputs(self, features: list[torch.Tensor]) -> list[tuple[nn.Module, torch.Tensor]]:
+        raise NotImplementedError
+
+    def decode(self, features: list[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
+        if index is not None:
+            features = [f[index] for f in features]
+        high, low = features
+        return resize(self.classifier(self.fusion(high, low)), _input_size(high))
+
+    def aux_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [resize(head(f), _input_size(features[0])) for head, f in self.aux_inputs(features)]
+
+
+def _input_size(high: torch.Tensor) -> tuple[int, int]:
+    """The (padded) input size of a 1/8-resolution feature map."""
+    return high.shape[-2] * 8, high.shape[-1] * 8
+
+
 class FusionUnit(nn.Module):
     """Feature fusion of both papers (Fast-SCNN Table 3, ContextNet Table 3): the low-resolution features are
     resized to the high-resolution map, then depthwise 3x3 with dilation 4 + ReLU and a linear 1x1; the

@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import FusionUnit, bottleneck_stage, conv_bn_relu, ds_conv, resize
+from .blocks import FusionUnit, TwoBranchNet, bottleneck_stage, conv_bn_relu, ds_conv, resize
 
 
-class ContextNet(nn.Module):
+class ContextNet(TwoBranchNet):
     def __init__(self, in_channels: int, classes: int):
         super().__init__()
         self.shallow = nn.Sequential(conv_bn_relu(in_channels, 32, 3, 2), ds_conv(32, 64, 2), ds_conv(64, 128, 2),
@@ -38,13 +38,5 @@ class ContextNet(nn.Module):
         quarter = resize(x, (max(1, x.shape[-2] // 4), max(1, x.shape[-1] // 4)))
         return [self.shallow(x), self.deep(quarter)]
 
-    def decode(self, features: list[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
-        if index is not None:
-            features = [f[index] for f in features]
-        high, low = features
-        logits = self.classifier(self.fusion(high, low))
-        return resize(logits, (high.shape[-2] * 8, high.shape[-1] * 8))
-
-    def aux_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        size = (features[0].shape[-2] * 8, features[0].shape[-1] * 8)
-        return [resize(self.aux(features[1]), size)]
+    def aux_inputs(self, features: list[torch.Tensor]) -> list[tuple[nn.Module, torch.Tensor]]:
+        return [(self.aux, features[1])]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import FusionUnit, bottleneck_stage, conv_bn_relu, ds_conv, resize
+from .blocks import FusionUnit, TwoBranchNet, bottleneck_stage, conv_bn_relu, ds_conv, resize
 
 
 class PyramidPooling(nn.Module):
@@ -34,7 +34,7 @@ class PyramidPooling(nn.Module):
         return self.project(torch.cat([x, *pooled], dim=1))
 
 
-class FastSCNN(nn.Module):
+class FastSCNN(TwoBranchNet):
     def __init__(self, in_channels: int, classes: int):
         super().__init__()
         self.downsample = nn.Sequential(conv_bn_relu(in_channels, 32, 3, 2), ds_conv(32, 48, 2), ds_conv(48, 64, 2))
@@ -51,13 +51,5 @@ class FastSCNN(nn.Module):
         high = self.downsample(x)
         return [high, self.global_features(high)]
 
-    def decode(self, features: list[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
-        if index is not None:
-            features = [f[index] for f in features]
-        high, low = features
-        logits = self.classifier(self.fusion(high, low))
-        return resize(logits, (high.shape[-2] * 8, high.shape[-1] * 8))
-
-    def aux_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        size = (features[0].shape[-2] * 8, features[0].shape[-1] * 8)
-        return [resize(head(f), size) for head, f in zip(self.aux, features)]
+    def aux_inputs(self, features: list[torch.Tensor]) -> list[tuple[nn.Module, torch.Tensor]]:
+        return list(zip(self.aux, features))
