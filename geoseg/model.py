@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -49,6 +48,10 @@ class SegmentationModel(GeoModel):
         super().__init__()
         if card.architecture != "unet":
             raise GeosegError(f"model {card.name}: unknown architecture {card.architecture!r}")
+        # imported here: smp pulls in torchvision and torch._dynamo, 2.5 s per worker process that the
+        # real-time backends do not need
+        import segmentation_models_pytorch as smp
+
         unet = smp.Unet(
             encoder_name=card.encoder,
             encoder_weights=None,  # nothing is downloaded at run time
@@ -139,6 +142,24 @@ def load_model(model: str | os.PathLike | None = None) -> tuple[GeoModel, str]:
     except Exception as err:  # safetensors header errors, missing/unexpected keys, shape mismatches
         raise GeosegError(f"{path}: weights do not match the card ({str(err).splitlines()[0][:200]})") from None
     return net.eval(), file_sha256(path)
+
+
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """For inference only: fold every BatchNorm that directly follows a Conv2d inside an ``nn.Sequential`` into
+    that convolution's weights and bias (in place; the BatchNorm becomes Identity). Same outputs to float
+    rounding, one pass over memory less per layer: Fast-SCNN 20.7 -> 17.7 ms per 512 px tile (bf16, 1 thread).
+    BatchNorms kept as attributes (the ResNet blocks of smp's encoders) are left as they are."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if net.training:
+        raise GeosegError("fold_batchnorm: the model must be in eval mode")
+    for module in net.modules():
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
+                    module[i + 1] = nn.Identity()
+    return net
 
 
 def init_weights_from(net: GeoModel, path: str | os.PathLike) -> str:

@@ -7,7 +7,7 @@ import torch
 
 from geoseg.errors import GeosegError
 from geoseg.card import ModelCard, file_sha256, resolve_model_path
-from geoseg.model import SegmentationModel, load_model, save_model
+from geoseg.model import SegmentationModel, fold_batchnorm, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,20 @@ def test_driver_side_modules_do_not_import_torch():
 
     code = "import sys, geoseg.cli, geoseg.pipeline; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("model", ["buildings-unet-r18", "buildings-fastscnn", "buildings-contextnet"])
+@torch.inference_mode()
+def test_folding_batchnorm_keeps_the_outputs(model):
+    net, _ = load_model(model)
+    x = net.prepare(torch.rand(2, 3, 96, 96))
+    expected = net(x)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    folded = fold_batchnorm(net)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) < n_bn
+    assert torch.allclose(folded(x), expected, atol=1e-3, rtol=1e-3)
+
+
+def test_folding_batchnorm_refuses_a_model_in_training(net):
+    with pytest.raises(GeosegError, match="eval mode"):
+        fold_batchnorm(SegmentationModel(net.card).train())
