@@ -14,6 +14,10 @@ at the *model's* GSD and cut into ``tile_px`` tiles (no overlap; the last tile o
 
 Several configs can be combined: the building model is calibrated on its own training tiles *and* the Dubai
 tiles, which bring the sparse-building, many-confounder setting of the paper.
+
+A SegBlocks model has no gate; :func:`calibrate_policy` instead sets the P(high resolution) threshold that
+reaches each fraction ``tau`` of full-resolution blocks over the same training tiles, and writes the table into
+the model card (``policy_thresholds``), so that ``--tau`` keeps the policy's per-tile adaptivity.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .card import resolve_model_path
 from .datasets import IGNORE, LabelledScene
 from .errors import GeosegError
 from .gate import Gate, calibrate_rules, gate_open, gate_path
-from .model import GeoModel, load_model
+from .model import GeoModel, SegBlocksModel, load_model
 from .tile import tile_grid
 from .train import TrainConfig, load_config, load_scenes
 
@@ -221,3 +225,45 @@ def calibrate(model_path: str, data: list[str], out: str | None = None, split: s
     gate.to_json(path)
     plot_channels(means, target, gate, path.with_suffix(".png"))
     return gate, path
+
+
+POLICY_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@torch.inference_mode()
+def policy_probabilities(net: SegBlocksModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int,
+                         autocast: bool, progress=None) -> np.ndarray:
+    """P(high resolution) of every block of every calibration tile, flat."""
+    out = []
+    for config, root in configs:
+        config = config.model_copy(update={"gsd_m": net.card.gsd_m})
+        for scene in (s for s in load_scenes(config, root) if s.split == split):
+            tiles = [pixels for pixels, _ in scene_tiles(scene, tile_px)]
+            for start in range(0, len(tiles), _BATCH_TILES):
+                x = net.prepare(torch.from_numpy(np.stack(tiles[start : start + _BATCH_TILES])))
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    out.append(net.policy(x, net.grid(x)).flatten().numpy())
+                if progress is not None:
+                    progress.update(len(tiles[start : start + _BATCH_TILES]))
+    if not out:
+        raise GeosegError(f"no calibration tiles: the configs have no {split!r} scenes at least half labelled")
+    return np.concatenate(out)
+
+
+def calibrate_policy(model_path: str, data: list[str], split: str = "train", tile_px: int = 512,
+                     autocast: bool = False, progress=None) -> tuple[dict[str, float], Path]:
+    """Thresholds {tau: P} with a fraction tau of calibration blocks at P(high) >= P, written into the card."""
+    net, _ = load_model(model_path)
+    if not isinstance(net, SegBlocksModel):
+        raise GeosegError(f"model {net.card.name} is a {net.card.architecture}: only SegBlocks models have a policy")
+    p = policy_probabilities(net, [load_config(d) for d in data], split, tile_px, autocast, progress)
+    thresholds = {f"{tau:g}": round(float(np.quantile(p, 1 - tau)), 6) for tau in POLICY_TAUS}
+    card_path = resolve_model_path(model_path).with_suffix(".json")
+    net.card.policy_thresholds = thresholds
+    net.card.training["policy_calibration"] = {"data": list(data), "split": split, "tile_px": tile_px,
+                                               "blocks": int(p.size), "p_mean": round(float(p.mean()), 4),
+                                               "p_std": round(float(p.std()), 4)}
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    net.card.to_json(tmp)
+    tmp.replace(card_path)
+    return thresholds, card_path

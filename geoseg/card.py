@@ -23,7 +23,7 @@ class ModelCard:
     """What a model is and what it expects. ``gsd_m``: ground sample distance it was trained at (metres)."""
 
     name: str
-    architecture: str  # "unet"
+    architecture: str  # "unet", "fastscnn", "contextnet", "segblocks"
     encoder: str  # smp encoder name, e.g. "resnet18"
     classes: list[str]
     building_class: int  # index into classes
@@ -40,6 +40,11 @@ class ModelCard:
     separator_dilate_px: int = 0
     size_multiple_px: int = 32
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    # SegBlocks only: block side (px, divides the tile), the high-resolution fraction it was trained for, and
+    # the policy's P(high) threshold that reaches each fraction on the training tiles ({"0.4": 0.53, ...}).
+    block_px: int = 0
+    tau: float = 0.4
+    policy_thresholds: dict = field(default_factory=dict)
     trained: bool = False
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)

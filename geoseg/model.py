@@ -10,6 +10,7 @@ A model on disk is two files side by side: ``NAME.safetensors`` (weights, never 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,8 +20,10 @@ from torch import nn
 
 from .card import ModelCard, file_sha256, resolve_model_path
 from .errors import GeosegError
+from .nets.blocks_dynamic import BlockLayout, block_combine, block_sample
 from .nets.contextnet import ContextNet
 from .nets.fastscnn import FastSCNN
+from .nets.segblocks import BlockPolicy, unet_on_blocks
 
 
 class GeoModel(nn.Module):
@@ -73,6 +76,54 @@ class SegmentationModel(GeoModel):
         return self.head(self.decoder(features))
 
 
+class SegBlocksModel(SegmentationModel):
+    """SegBlocks: the U-Net with a policy net that picks, per block of ``card.block_px``, high or half
+    resolution (:mod:`geoseg.nets.segblocks`). ``forward`` is the block-processed network; ``encode``/``decode``
+    stay the static U-Net. ``tau`` (fraction of high-resolution blocks) is chosen at inference: the card's
+    calibrated threshold for it when there is one, else the top ``tau`` of each tile's blocks."""
+
+    def __init__(self, card: ModelCard):
+        if card.block_px < 64 or card.size_multiple_px % card.block_px:
+            raise GeosegError(f"model {card.name}: block_px must be >= 64 and divide size_multiple_px")
+        super().__init__(replace(card, architecture="unet"))
+        self.card = card
+        self.policy = BlockPolicy(len(card.bands))
+        self.tau = card.tau
+        self.last_high_fraction = 0.0
+
+    def train(self, mode: bool = True) -> "SegBlocksModel":
+        """BatchNorms of the U-Net keep their inference statistics in training too (blocks of two resolutions
+        would skew batch statistics); the policy's train normally."""
+        super().train(mode)
+        for m in (self.encoder, self.decoder, self.head):
+            m.apply(lambda layer: layer.eval() if isinstance(layer, nn.BatchNorm2d) else None)
+        return self
+
+    def grid(self, x: torch.Tensor) -> tuple[int, int]:
+        return x.shape[-2] // self.card.block_px, x.shape[-1] // self.card.block_px
+
+    def choose(self, x: torch.Tensor) -> BlockLayout:
+        """Blocks at high resolution: P(high) >= the card's threshold for ``tau``, or each tile's top ``tau``."""
+        probabilities = self.policy(x, self.grid(x))
+        threshold = self.card.policy_thresholds.get(f"{self.tau:g}")
+        if threshold is not None:
+            return BlockLayout(probabilities >= threshold)
+        flat = probabilities.flatten(1)
+        k = int(round(self.tau * flat.shape[1]))
+        high = torch.zeros_like(flat, dtype=torch.bool)
+        high.scatter_(1, flat.topk(k, dim=1).indices, True)
+        return BlockLayout(high.view_as(probabilities))
+
+    def forward_blocks(self, x: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+        blocks = block_sample(x, layout, self.card.block_px)
+        return block_combine(unet_on_blocks(self.encoder, self.decoder, self.head, blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layout = self.choose(x)
+        self.last_high_fraction = layout.high_fraction
+        return self.forward_blocks(x, layout)
+
+
 class RealtimeModel(GeoModel):
     """Fast-SCNN or ContextNet (:mod:`geoseg.nets`) behind the same interface, with auxiliary heads for training."""
 
@@ -91,7 +142,8 @@ class RealtimeModel(GeoModel):
         return self.net.aux_logits(features)
 
 
-ARCHITECTURES = {"unet": SegmentationModel, "fastscnn": RealtimeModel, "contextnet": RealtimeModel}
+ARCHITECTURES = {"unet": SegmentationModel, "fastscnn": RealtimeModel, "contextnet": RealtimeModel,
+                 "segblocks": SegBlocksModel}
 
 
 def build_model(card: ModelCard) -> GeoModel:
@@ -165,11 +217,15 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
 def init_weights_from(net: GeoModel, path: str | os.PathLike) -> str:
     """Start ``net`` from another model's weights (fine-tuning). Tensors of equal shape are copied; a tensor
     whose leading (output-class) size differs gets the overlapping classes copied and keeps its fresh
-    initialisation for the rest, so a 2-class model can seed a 3-class one. Returns the source's sha256."""
+    initialisation for the rest, so a 2-class model can seed a 3-class one. A sub-network the source lacks
+    entirely (the SegBlocks policy on a U-Net) keeps its fresh initialisation. Returns the source's sha256."""
     path = resolve_model_path(path)
     source = load_file(str(path))
     own = net.state_dict()
+    source_modules = {key.split(".")[0] for key in source}
     for key, value in own.items():
+        if key.split(".")[0] not in source_modules:
+            continue
         if key not in source or source[key].dim() != value.dim():
             raise GeosegError(f"init_from {path}: not the same architecture (no matching {key!r})")
         theirs = source[key].to(value.dtype)

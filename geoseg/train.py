@@ -25,10 +25,8 @@ from tqdm import tqdm
 from .card import ModelCard
 from .datasets import IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source
 from .errors import GeosegError
+from .losses import training_loss
 from .model import GeoModel, build_model, init_weights_from, save_model, use_bf16
-
-
-AUX_LOSS_WEIGHT = 0.4
 
 
 class _Strict(BaseModel):
@@ -65,8 +63,11 @@ Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource], Field(discrim
 
 class TrainConfig(_Strict):
     name: str
-    architecture: Literal["unet", "fastscnn", "contextnet"] = "unet"
-    encoder: str = "resnet18"  # U-Net only
+    architecture: Literal["unet", "fastscnn", "contextnet", "segblocks"] = "unet"
+    encoder: str = "resnet18"  # U-Net and SegBlocks only
+    block_px: int = Field(0, ge=0)  # SegBlocks only: block side; crop_px must be a multiple
+    tau: float = Field(0.4, gt=0, le=1)  # SegBlocks only: target fraction of high-resolution blocks
+    policy_lr: float | None = Field(None, gt=0)  # SegBlocks only: the policy net's learning rate (default: lr)
     classes: list[str] = Field(min_length=2)
     building_class: int = Field(ge=0)
     separator_class: int | None = Field(None, ge=0)
@@ -109,6 +110,8 @@ def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
         raise GeosegError(f"{path}: {where}: {first['msg']} ({err.error_count()} problem(s) in all)") from None
     if config.building_class >= len(config.classes):
         raise GeosegError(f"{path}: building_class: {config.building_class} is not an index into classes")
+    if config.architecture == "segblocks" and (config.block_px < 64 or config.crop_px % config.block_px):
+        raise GeosegError(f"{path}: block_px: SegBlocks needs block_px >= 64 dividing crop_px ({config.crop_px})")
     if config.separator_class is not None and config.separator_class != len(config.classes) - 1:
         raise GeosegError(f"{path}: separator_class: must be the last class ({len(config.classes) - 1})")
     return config, (path.parent / config.data_root).resolve()
@@ -170,18 +173,6 @@ class CropSampler:
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         crops = [self.crop() for _ in range(size)]
         return torch.from_numpy(np.stack([c[0] for c in crops])), torch.from_numpy(np.stack([c[1] for c in crops]))
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy + soft Dice over classes, both ignoring IGNORE pixels."""
-    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
-    known = (target != IGNORE).unsqueeze(1).float()
-    probs = logits.float().softmax(1) * known
-    onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).float() * known
-    inter, total = (probs * onehot).sum((0, 2, 3)), (probs + onehot).sum((0, 2, 3))
-    present = onehot.sum((0, 2, 3)) > 0
-    dice = 1 - (2 * inter[present] + 1) / (total[present] + 1)
-    return ce + dice.mean()
 
 
 @torch.inference_mode()
@@ -284,8 +275,11 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     if not train_scenes or not val_scenes:
         raise GeosegError("the sources give no training or no validation scenes: check splits and val_fraction")
     autocast = use_bf16(config.precision)
+    blocks = config.architecture == "segblocks"
     card = ModelCard(name=config.name, architecture=config.architecture,
-                     encoder=config.encoder if config.architecture == "unet" else "", classes=config.classes,
+                     encoder=config.encoder if config.architecture in ("unet", "segblocks") else "",
+                     classes=config.classes, block_px=config.block_px, tau=config.tau,
+                     size_multiple_px=max(32, config.block_px) if blocks else 32,
                      building_class=config.building_class, separator_class=config.separator_class,
                      bands=["red", "green", "blue"], gsd_m=config.gsd_m, licence=config.licence,
                      attribution=config.attribution)
@@ -296,9 +290,14 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         source = str(near) if near.exists() else config.init_from
         init = {"weights": config.init_from, "sha256": init_weights_from(net, source)}
     net = net.to(memory_format=torch.channels_last)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    policy = list(net.policy.parameters()) if hasattr(net, "policy") else []
+    groups = [{"params": [p for p in net.parameters() if all(p is not q for q in policy)], "lr": config.lr}]
+    if policy:  # trained from scratch next to a fine-tuned network: its own learning rate
+        groups.append({"params": policy, "lr": config.policy_lr or config.lr})
+    optimiser = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups], total_steps=total_steps,
+                                                   pct_start=0.05)
     state = {"epoch": 0, "history": [], "best": None, "seconds": 0.0}
     checkpoint = out / "checkpoint.pt"
     if resume and checkpoint.exists():
@@ -316,16 +315,15 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     for epoch in range(state["epoch"], last_epoch):
         started = time.perf_counter()
         net.train()
-        losses = []
+        losses, logged = [], {}
         bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    file=sys.stderr, leave=False)
         for _ in bar:
             x, y = sampler.batch(config.batch_size)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                features = net.encode(net.prepare(x))
-                loss = segmentation_loss(net.decode(features), y)
-                for aux in getattr(net, "aux_logits", lambda f: [])(features):
-                    loss = loss + AUX_LOSS_WEIGHT * segmentation_loss(aux, y)  # as both real-time papers
+                loss, figures = training_loss(net, net.prepare(x), y)
+            for key, value in figures.items():
+                logged.setdefault(key, []).append(value)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -334,7 +332,8 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         metrics, per_scene = validate(net, val_scenes, autocast)
         state["seconds"] += time.perf_counter() - started
-        entry = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 4), **metrics,
+        entry = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 4),
+                 **{key: round(float(np.mean(v)), 4) for key, v in logged.items()}, **metrics,
                  "seconds": round(state["seconds"], 1)}
         state["history"].append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "class_iou"}), file=sys.stderr, flush=True)

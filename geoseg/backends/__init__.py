@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -28,9 +28,11 @@ REGISTRY: dict[str, str] = {
     "bgs": "geoseg.backends.bgs:BGSBackend",
     "fastscnn": "geoseg.backends.realtime:FastSCNNBackend",
     "contextnet": "geoseg.backends.realtime:ContextNetBackend",
+    "segblocks": "geoseg.backends.segblocks:SegBlocksBackend",
 }
 #: the model a backend runs when no --model is given (None: geoseg's default model); torch-free, for the driver
-DEFAULT_MODELS: dict[str, str] = {"fastscnn": "buildings-fastscnn", "contextnet": "buildings-contextnet"}
+DEFAULT_MODELS: dict[str, str] = {"fastscnn": "buildings-fastscnn", "contextnet": "buildings-contextnet",
+                                  "segblocks": "buildings-segblocks"}
 #: ``--backend auto`` (the default): the gated backend where the model has a calibrated gate beside it, else dense
 AUTO = "auto"
 
@@ -39,6 +41,7 @@ AUTO = "auto"
 class BatchPrediction:
     probabilities: np.ndarray  # float16 (or float32) (N, C, H, W), summing to 1 over C
     decoded: int  # how many of the N tiles went through the decoder
+    counters: dict[str, int] = field(default_factory=dict)  # backend-specific counts, summed over the scene
 
 
 class Backend(Protocol):
@@ -52,12 +55,14 @@ class Backend(Protocol):
 @dataclass(frozen=True)
 class BackendSpec:
     """What a worker needs to build a backend: registry name, model (name or path), torch device, precision
-    ("auto": bf16 autocast where the hardware makes it faster, else fp32)."""
+    ("auto": bf16 autocast where the hardware makes it faster, else fp32), and for SegBlocks ``tau``, the
+    fraction of blocks at full resolution (None: the card's)."""
 
     name: str = AUTO
     model: str | None = None
     device: str = "cpu"
     precision: str = "auto"
+    tau: float | None = None
 
 
 def backend_class(name: str):
@@ -68,14 +73,18 @@ def backend_class(name: str):
 
 
 def resolve_spec(spec: BackendSpec) -> BackendSpec:
-    """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``), else ``unet``; a backend with a model of
-    its own (:data:`DEFAULT_MODELS`) gets it when none is given; other names unchanged."""
+    """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``), else the backend of the model's
+    architecture (``fastscnn``, ``segblocks``...; ``unet`` for a U-Net); a backend with a model of its own
+    (:data:`DEFAULT_MODELS`) gets it when none is given; other names unchanged."""
     if spec.name in DEFAULT_MODELS and spec.model is None:
         return replace(spec, model=DEFAULT_MODELS[spec.name])
     if spec.name != AUTO:
         return spec
-    has_gate = gate_path(resolve_model_path(spec.model)).exists()
-    return replace(spec, name="bgs" if has_gate else "unet")
+    path = resolve_model_path(spec.model)
+    if gate_path(path).exists():
+        return replace(spec, name="bgs")
+    architecture = ModelCard.from_json(path.with_suffix(".json")).architecture
+    return replace(spec, name=architecture if architecture in DEFAULT_MODELS else "unet")
 
 
 def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
@@ -89,11 +98,22 @@ def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
         raise GeosegError(f"--backend {spec.name}: model {card.name} is a {card.architecture}, not a {spec.name}")
     if spec.name == "bgs":
         load_gate(path, sha256)  # a missing or mismatched gate is refused here, before any worker starts
+    if spec.tau is not None:
+        if spec.name != "segblocks":
+            raise GeosegError(f"--tau applies to --backend segblocks only, not {spec.name}")
+        check_tau(spec.tau)
     return card, sha256
+
+
+def check_tau(tau: float) -> float:
+    if not 0 < tau <= 1:
+        raise GeosegError(f"--tau {tau}: the fraction of full-resolution blocks must be in (0, 1]")
+    return tau
 
 
 @functools.lru_cache(maxsize=4)
 def load_backend(spec: BackendSpec) -> Backend:
     """Build (once per process) the backend a spec names."""
     spec = resolve_spec(spec)
-    return backend_class(spec.name)(model=spec.model, device=spec.device, precision=spec.precision)
+    extra = {"tau": spec.tau} if spec.tau is not None else {}
+    return backend_class(spec.name)(model=spec.model, device=spec.device, precision=spec.precision, **extra)
