@@ -24,7 +24,10 @@ def _formats(text: str) -> list[str]:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default="geoseg-output", help="output folder; results go to OUT/<scene-stem>/")
     p.add_argument("--backend", default="auto",
-                   help="auto (default: bgs if the model has a calibrated gate, else unet), unet, bgs")
+                   help="auto (default: bgs if the model has a calibrated gate, else unet), unet, bgs, fastscnn, "
+                        "contextnet, segblocks")
+    p.add_argument("--tau", type=float, default=None,
+                   help="segblocks: fraction of blocks processed at full resolution, 0-1 (default: the model's)")
     p.add_argument("--model", default=None, help="model name shipped with geoseg, or path to NAME.safetensors")
     p.add_argument("--tile", type=int, default=512, dest="tile_px", help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, dest="overlap_px", help="tile overlap in pixels (default 64)")
@@ -125,9 +128,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .calibrate import calibrate
+    from .calibrate import calibrate, calibrate_policy
+    from .card import ModelCard, resolve_model_path
     from .model import use_bf16
 
+    if ModelCard.from_json(resolve_model_path(args.model).with_suffix(".json")).architecture == "segblocks":
+        with tqdm(unit="tile", desc="calibrating policy", disable=args.quiet, file=sys.stderr, leave=False) as bar:
+            thresholds, path = calibrate_policy(args.model, args.data, split=args.split, tile_px=args.tile_px,
+                                                autocast=use_bf16(args.precision), progress=bar)
+        print(f"policy thresholds written to {path}: " + ", ".join(f"tau {t}: P >= {v:.4f}" for t, v in thresholds.items()))
+        return 0
     with tqdm(unit="tile", desc="calibrating", disable=args.quiet, file=sys.stderr, leave=False) as bar:
         gate, path = calibrate(args.model, args.data, out=args.out, split=args.split, tile_px=args.tile_px,
                                target_fraction=args.target_fraction, k1=args.k1, k2=args.k2,
@@ -139,6 +149,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"gate written to {path} (+ {path.with_suffix('.png').name}); {gate.ops_per_tile((args.tile_px // 32) ** 2)} "
           "operations per tile")
     return 0
+
+
+def cmd_catalog_build(args: argparse.Namespace) -> int:
+    from .catalog import build_catalog
+
+    path = build_catalog(args.folder, args.out, name=args.name, copy_scenes=args.copy)
+    print(f"catalog written to {path}")
+    return 0
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    """Exit 0 when every scene is done (now or before), 3 when some failed (see summary.md), 2 on bad input."""
+    from .batch import run_job
+    from .job import load_job
+
+    job = load_job(args.job, catalog=args.catalog, out=args.out, workers=args.workers, address=args.address)
+    summary = run_job(job, progress=not args.quiet)
+    print(f"{summary['job']}: {summary['done']} done, {summary['skipped']} skipped (unchanged), "
+          f"{summary['failed']} failed in {summary['seconds']} s; {summary['output']}/summary.md")
+    for row in summary["per_scene"]:
+        if row["status"] == "failed":
+            print(f"  failed: {row['scene']}: {row['error']}", file=sys.stderr)
+    return 3 if summary["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--building-class", type=int, default=None, help="building value in the prediction raster")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_evaluate)
-    ca = sub.add_parser("calibrate", help="calibrate the BGS-Net bottleneck gate of a model (no retraining)")
+    ca = sub.add_parser("calibrate", help="calibrate the BGS-Net bottleneck gate of a model (no retraining); "
+                                          "for a SegBlocks model: its policy's threshold for each tau")
     ca.add_argument("--model", default=None, help="model name or NAME.safetensors (default: the default model)")
     ca.add_argument("--data", action="append", required=True, help="training config(s) (YAML) whose tiles calibrate")
     ca.add_argument("-o", "--out", default=None, help="gate JSON (default: NAME.gate.json beside the model)")
@@ -186,6 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ca.add_argument("--quiet", action="store_true")
     ca.set_defaults(func=cmd_calibrate)
+    cat = sub.add_parser("catalog", help="STAC catalogs of scenes").add_subparsers(dest="action", required=True)
+    cb = cat.add_parser("build", help="a STAC catalog of the GeoTIFFs in a folder")
+    cb.add_argument("folder", help="folder of GeoTIFF scenes")
+    cb.add_argument("-o", "--out", required=True, help="catalog folder to write, e.g. catalogs/NAME")
+    cb.add_argument("--name", default=None, help="catalog id (default: the folder name of --out)")
+    cb.add_argument("--copy", action="store_true", help="copy the scenes into OUT/scenes (a portable catalog)")
+    cb.set_defaults(func=cmd_catalog_build)
+    pipe = sub.add_parser("pipeline", help="batch jobs over catalogs").add_subparsers(dest="action", required=True)
+    pr = pipe.add_parser("run", help="run a job file (pipelines/*.yaml) over its catalog, exactly once per scene")
+    pr.add_argument("job", help="job file (YAML)")
+    pr.add_argument("--catalog", default=None, help="override the job's catalog")
+    pr.add_argument("--out", default=None, help="override the job's output folder")
+    pr.add_argument("--workers", type=int, default=None, help="override the cluster: LocalCluster of N workers (0: in-process)")
+    pr.add_argument("--address", default=None, help="override the cluster: an existing scheduler, tcp://HOST:PORT")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_pipeline_run)
     return parser
 
 

@@ -44,6 +44,7 @@ class RunOptions:
     model: str | None = None
     device: str = "cpu"
     precision: str = "auto"
+    tau: float | None = None  # SegBlocks: fraction of blocks at full resolution; None: the card's
     tile_px: int = 512
     overlap_px: int = 64
     batch_tiles: int = 4
@@ -71,14 +72,15 @@ def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: li
     t1 = time.perf_counter()
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
     probabilities: dict[int, np.ndarray] = {}
-    decoded = 0
+    decoded, counters = 0, {}
     if keep:
         out = backend.predict(np.stack([reads[i][0] for i in keep]))
         probabilities = {i: np.asarray(p, dtype=np.float16) for i, p in zip(keep, out.probabilities)}  # no copy if f16
-        decoded = out.decoded
+        decoded, counters = out.decoded, out.counters
     t2 = time.perf_counter()
     predictions = [TilePrediction(t, probabilities.get(i), reads[i][1]) for i, t in enumerate(tiles)]
-    return predictions, {"read_s": t1 - t0, "model_s": t2 - t1, "encoded": len(keep), "decoded": decoded}
+    return predictions, {"read_s": t1 - t0, "model_s": t2 - t1, "encoded": len(keep), "decoded": decoded,
+                         "counters": counters}
 
 
 def _peak_rss_mb() -> float:
@@ -181,11 +183,12 @@ def prepare_output(out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
 
 
 def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: RunOptions | None = None,
-              backend: Backend | None = None) -> dict:
+              backend: Backend | None = None, name: str | None = None) -> dict:
     """Run one scene end to end; returns the summary (also written as ``summary.json``).
 
     ``backend`` may be a ready backend object (for custom models); otherwise ``options.backend`` names one
-    from the registry and each worker builds it once.
+    from the registry and each worker builds it once. Outputs go to ``out_dir/<name>/`` (default: the scene's
+    file stem).
     """
     opts = options or RunOptions()
     started = time.perf_counter()
@@ -193,18 +196,21 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     if unknown:
         raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
     spec: BackendSpec | Backend = backend or resolve_spec(BackendSpec(opts.backend, opts.model, opts.device,
-                                                                      opts.precision))
+                                                                      opts.precision, opts.tau))
     if backend is not None:
         card, sha256 = backend.card, backend.model_sha256
     else:
         card, sha256 = describe_backend(spec)
+    if card.block_px and opts.tile_px % card.block_px:
+        raise GeosegError(f"--tile {opts.tile_px}: model {card.name} works in blocks of {card.block_px} px, "
+                          f"which must tile it; use a multiple of {card.block_px}")
     opened = open_scene(
         scene, model_gsd_m=card.gsd_m, n_model_bands=len(card.bands), bands=opts.bands,
         assume_crs=opts.assume_crs, target_gsd_m=opts.target_gsd_m, native_resolution=opts.native_resolution,
     )
     grid = opened.reader.grid
     tiles = tile_grid(grid.height, grid.width, opts.tile_px, opts.overlap_px)
-    scene_dir, staging = prepare_output(out_dir, Path(scene).stem)
+    scene_dir, staging = prepare_output(out_dir, name or Path(scene).stem)
     try:
         summary = _run(opened, tiles, spec, card, sha256, opts, staging, started)
         names = summary["outputs"]
@@ -227,6 +233,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     stitcher = StripStitcher(grid, tiles, card.classes, card.building_class, prob_tmp, mask_tmp,
                              card.separator_class, separator_tmp)
     counts = {"encoded": 0, "decoded": 0, "read_s": 0.0, "model_s": 0.0}
+    backend_counts: dict[str, int] = {}
     stitch_s = 0.0
     bar = tqdm(total=len(tiles), unit="tile", desc=Path(reader.path).name, disable=not opts.progress,
                file=sys.stderr, leave=False)
@@ -239,6 +246,8 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
         stitch_s += time.perf_counter() - t
         for key in counts:
             counts[key] += stats[key]
+        for key, value in stats["counters"].items():
+            backend_counts[key] = backend_counts.get(key, 0) + value
         bar.update(len(predictions))
 
     worker_rss = 0.0
@@ -294,6 +303,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
             "read_on_workers": round(counts["read_s"], 2), "model_on_workers": round(counts["model_s"], 2),
             "stitch": round(stitch_s, 2), "vectorise": round(vectorise_s, 2), "write": round(write_s, 2),
         },
+        **_segblocks_summary(card, opts, backend_counts),
         "buildings": len(frame),
         **(separator if card.separator_class is not None else {}),
         "min_area_m2": opts.min_area_m2,
@@ -313,6 +323,17 @@ def _preview(reader: SceneReader, overview, geometries, path: Path) -> None:
     to_px = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
     polygons_px = [shapely.affinity.affine_transform(g, to_px) for g in geometries]
     write_preview(rgb, valid, polygons_px, raw.shape[-1] / reader.grid.width, path)
+
+
+def _segblocks_summary(card: ModelCard, opts: RunOptions, counts: dict[str, int]) -> dict:
+    """For block-based models: tau asked for, how it was reached, and the high-resolution fraction achieved."""
+    if not card.block_px:
+        return {}
+    tau = _either(opts.tau, card.tau)
+    blocks = counts.get("blocks", 0)
+    return {"block_px": card.block_px, "tau": tau,
+            "tau_rule": "calibrated threshold" if f"{tau:g}" in card.policy_thresholds else "top tau per tile",
+            "high_res_fraction": round(counts.get("high_res_blocks", 0) / blocks, 4) if blocks else 0.0}
 
 
 def _either(value, default):

@@ -1,0 +1,258 @@
+"""``geoseg pipeline run``: every scene of a catalog through the scene pipeline on one Dask cluster, exactly
+once, with nothing lost when a worker or the whole run dies.
+
+Output folder of a job::
+
+    OUT/<scene id>/...        the outputs of ``geoseg run`` (written to a staging folder, renamed when complete)
+    OUT/manifest.json         per scene: input sha256, model sha256, settings key, status, outputs, timings
+    OUT/summary.json, .md     this run: per scene status (done / skipped / failed), seconds, buildings, errors
+    OUT/stac/catalog.json     result catalog: one item per finished scene, assets and provenance
+
+Rules. A scene is *done* only once the manifest says so, and the manifest is rewritten (atomically) after each
+scene, so a run killed at any point loses at most the scene in progress. A rerun skips a scene whose manifest
+entry is done with the same input checksum, model checksum and output settings, and whose outputs are all
+there; it redoes a changed one. Staging folders left by a killed run are removed. A scene whose input is bad
+(corrupt file, no CRS...) is recorded as failed with its one-line error and the others go on; any other
+failure (a worker lost more often than Dask's own rescheduling absorbs) is retried ``retries`` times. Only one
+run of a job may use an output folder at a time (``OUT/.geoseg-job.lock``), so an overlapping scheduled run is
+refused instead of racing the first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pystac
+from tqdm import tqdm
+
+from . import __version__
+from .backends import BackendSpec, describe_backend, resolve_spec
+from .card import file_sha256, resolve_model_path
+from .catalog import SceneRef, catalog_scenes, scene_item
+from .errors import GeosegError
+from .gate import gate_path
+from .job import Job, job_client
+from .pipeline import RunOptions, run_scene
+
+MANIFEST, LOCK = "manifest.json", ".geoseg-job.lock"
+MEDIA_TYPES = {".tif": pystac.MediaType.COG, ".geojson": pystac.MediaType.GEOJSON,
+               ".gpkg": "application/geopackage+sqlite3", ".parquet": "application/vnd.apache.parquet",
+               ".shp": "application/vnd.shp", ".png": pystac.MediaType.PNG, ".json": pystac.MediaType.JSON}
+
+
+def run_job(job: Job, progress: bool = True) -> dict:
+    """Run a job (module docstring); returns the run summary, also written as summary.json / summary.md."""
+    out = Path(job.output.folder)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with _lock(out):
+        _remove_partials(out)
+        scenes = catalog_scenes(job.catalog, job.asset, job.asset_role)
+        spec = resolve_spec(BackendSpec(job.backend, job.model, job.device, job.precision, job.tau))
+        card, model_sha256 = describe_backend(spec)
+        provenance = {"geoseg:version": __version__, "geoseg:model": card.name, "geoseg:model_sha256": model_sha256,
+                      "geoseg:backend": spec.name, "geoseg:gate_sha256": _gate_sha256(spec)}
+        settings = _settings_key(job, spec)
+        manifest = _load_manifest(out)
+        rows = []
+        with job_client(job.cluster) as client:
+            options = _run_options(job, spec, None if client is None else client.scheduler.address)
+            for scene in tqdm(scenes, desc=job.name, unit="scene", disable=not progress, file=sys.stderr):
+                row = _one_scene(scene, out, options, job.retries, manifest, model_sha256, settings)
+                rows.append(row)
+                if row["status"] != "skipped":
+                    manifest[scene.id] = {k: v for k, v in row.items() if k != "status"} | {"status": row["status"]}
+                    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        _write_result_catalog(out, job, scenes, manifest, provenance)
+        summary = {"job": job.name, "catalog": job.catalog, "output": str(out), **provenance,
+                   "scenes": len(rows), "done": sum(r["status"] == "done" for r in rows),
+                   "skipped": sum(r["status"] == "skipped" for r in rows),
+                   "failed": sum(r["status"] == "failed" for r in rows),
+                   "seconds": round(time.perf_counter() - started, 2), "finished_at": _now(), "per_scene": rows}
+        _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        _write_atomic(out / "summary.md", _markdown(summary))
+    return summary
+
+
+def _one_scene(scene: SceneRef, out: Path, options: RunOptions, retries: int, manifest: dict, model_sha256: str,
+               settings: str) -> dict:
+    row = {"scene": scene.id, "input": scene.href, "item": scene.item_href, "model_sha256": model_sha256,
+           "settings": settings}
+    try:
+        row["input_sha256"] = file_sha256(scene.href)
+    except OSError as err:
+        return row | {"status": "failed", "error": f"{scene.href}: cannot read ({err.strerror or err})", "attempts": 0}
+    before = manifest.get(scene.id, {})
+    same = {k: before.get(k) for k in ("input_sha256", "model_sha256", "settings")} == \
+           {k: row[k] for k in ("input_sha256", "model_sha256", "settings")}
+    folder = out / _folder_name(scene.id)
+    if before.get("status") == "done" and same and all((folder / name).exists() for name in before.get("outputs", [])):
+        return {**before, "status": "skipped", "reason": "done before with the same input, model and settings"}
+    error, summary = "", None
+    for attempt in range(1, retries + 2):
+        t = time.perf_counter()
+        try:
+            summary = run_scene(scene.href, out, options, name=_folder_name(scene.id))
+            break
+        except GeosegError as err:  # the input is bad: trying again would fail again
+            error = str(err)
+            break
+        except Exception as err:  # a worker lost too often, a connection dropped...: transient, retried
+            error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            print(f"geoseg: scene {scene.id}, attempt {attempt}: {error}", file=sys.stderr)
+    row["attempts"] = attempt
+    if summary is None:
+        return row | {"status": "failed", "error": error, "seconds": round(time.perf_counter() - t, 2)}
+    return row | {"status": "done", "error": "", "outputs": summary["outputs"] + ["summary.json"],
+                  "seconds": summary["seconds"], "buildings": summary["buildings"],
+                  "decoder_execution_rate": summary["decoder_execution_rate"], "finished_at": _now(),
+                  **({"high_res_fraction": summary["high_res_fraction"]} if "high_res_fraction" in summary else {})}
+
+
+def _run_options(job: Job, spec: BackendSpec, scheduler: str | None) -> RunOptions:
+    return RunOptions(backend=spec.name, model=spec.model, device=job.device, precision=job.precision, tau=job.tau,
+                      tile_px=job.tiling.tile_px, overlap_px=job.tiling.overlap_px, batch_tiles=job.tiling.batch_tiles,
+                      formats=list(job.output.formats), min_area_m2=job.output.min_area_m2,
+                      simplify_m=job.output.simplify_m, workers=0 if scheduler is None else None,
+                      scheduler=scheduler, progress=False)
+
+
+def _settings_key(job: Job, spec: BackendSpec) -> str:
+    """Checksum of everything besides input and weights that changes the outputs."""
+    fields = {"backend": spec.name, "tau": job.tau, "precision": job.precision, "tiling": job.tiling.model_dump(),
+              "output": job.output.model_dump(exclude={"folder"}), "geoseg": __version__}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _gate_sha256(spec: BackendSpec) -> str | None:
+    if spec.name != "bgs":
+        return None
+    return file_sha256(gate_path(resolve_model_path(spec.model)))
+
+
+def _folder_name(scene_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", scene_id)
+
+
+def _load_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise GeosegError(f"{path}: damaged manifest (not JSON); move it away to recompute every scene") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _remove_partials(out: Path) -> None:
+    """Staging folders and temporary files that a killed run left behind (the lock guarantees none is live)."""
+    for leftover in list(out.glob("*/.geoseg-partial-*")) + list(out.glob(".*.tmp-*")) + list(out.glob(".stac.partial-*")):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+class _lock:
+    """``OUT/.geoseg-job.lock`` holding this process's PID; a lock whose process is gone is taken over."""
+
+    def __init__(self, out: Path):
+        self.path = out / LOCK
+
+    def __enter__(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid = int(self.path.read_text().strip() or 0) if self.path.exists() else 0
+                if pid and _alive(pid):
+                    raise GeosegError(f"{self.path.parent}: another run of this job is in progress (pid {pid})") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return self
+        raise GeosegError(f"{self.path}: cannot take the job lock")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_result_catalog(out: Path, job: Job, scenes: list[SceneRef], manifest: dict, provenance: dict) -> None:
+    """OUT/stac/: one item per scene of the catalog that is done, with its outputs as assets (written whole)."""
+    catalog = pystac.Catalog(f"{job.name}-results", f"geoseg results of job {job.name} over {job.catalog}")
+    for scene in scenes:
+        entry = manifest.get(scene.id, {})
+        folder = out / _folder_name(scene.id)
+        if entry.get("status") != "done" or not (folder / "mask.tif").exists():
+            continue
+        item = scene_item(folder / "mask.tif", scene.id)
+        item.assets.clear()
+        item.datetime = _input_datetime(scene) or item.datetime
+        for name in entry["outputs"]:
+            if name.endswith((".shx", ".dbf", ".prj", ".cpg")):
+                continue  # parts of the shapefile, which is one asset
+            role = "data" if name in ("mask.tif", "probability.tif") or name.startswith("buildings") else "metadata"
+            role = "overview" if name == "preview.png" else role
+            item.add_asset(Path(name).stem if not name.startswith("buildings") else name.replace(".", "-"),
+                           pystac.Asset(str((folder / name).resolve()), media_type=MEDIA_TYPES.get(Path(name).suffix),
+                                        roles=[role], title=name))
+        item.properties.update({k: v for k, v in provenance.items() if v is not None})
+        item.properties.update({"geoseg:input_sha256": entry["input_sha256"], "geoseg:seconds": entry["seconds"],
+                                "geoseg:buildings": entry["buildings"], "geoseg:processed": entry["finished_at"],
+                                "geoseg:decoder_execution_rate": entry["decoder_execution_rate"]})
+        if scene.item_href:
+            item.add_link(pystac.Link("derived_from", scene.item_href, pystac.MediaType.JSON))
+        catalog.add_item(item)
+    target, tmp = out / "stac", out / f".stac.partial-{os.getpid()}"
+    catalog.normalize_hrefs(str(target.resolve()))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(pystac.CatalogType.SELF_CONTAINED, dest_href=str(tmp))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def _input_datetime(scene: SceneRef) -> dt.datetime | None:
+    if not scene.item_href:
+        return None
+    try:
+        return pystac.Item.from_file(scene.item_href).datetime
+    except Exception:  # an item we cannot re-read only loses its acquisition time here
+        return None
+
+
+def _markdown(summary: dict) -> str:
+    lines = [f"# {summary['job']}: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed",
+             "", f"catalog `{summary['catalog']}`, model {summary['geoseg:model']} ({summary['geoseg:backend']}), "
+             f"geoseg {summary['geoseg:version']}, {summary['seconds']} s, finished {summary['finished_at']}", "",
+             "| scene | status | seconds | buildings | decoder rate | error |", "|---|---|---|---|---|---|"]
+    for r in summary["per_scene"]:
+        error = (r.get("error") or "").replace("|", "\\|")
+        lines.append(f"| {r['scene']} | {r['status']} | {r.get('seconds', '')} | {r.get('buildings', '')} | "
+                     f"{r.get('decoder_execution_rate', '')} | {error} |")
+    return "\n".join(lines) + "\n"

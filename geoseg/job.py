@@ -1,0 +1,172 @@
+"""Pipeline job files: a YAML file validated with pydantic, errors naming the field path.
+
+A job says which catalog to read, how to segment, where results go, on which cluster, how often to retry, and
+when it is meant to run (``schedule``, a cron expression the example schedulers in ``pipelines/`` use)::
+
+    name: demo-buildings
+    catalog: ../catalogs/demo/catalog.json   # paths are relative to the job file
+    asset: null                              # asset key; null: role "data", else the first GeoTIFF
+    backend: auto                            # any `geoseg run --backend`; model, tau, precision likewise
+    tiling: {tile_px: 512, overlap_px: 64, batch_tiles: 4}
+    output: {folder: ../pipeline-output/demo-buildings, formats: [geojson, gpkg, parquet]}
+    cluster: {kind: local, workers: 2}       # workers 0: in-process; or {kind: address, address: tcp://host:8786}
+                                             # or {kind: slurm|pbs, jobs: 4, cores: 8, memory: 32GB, ...}
+    retries: 2                               # more tries for a scene that failed for a reason other than its input
+    schedule: "0 2 * * *"
+
+Command-line overrides (``--catalog``, ``--out``, ``--workers``, ``--address``) replace the file's fields.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import GeosegError
+from .write import VECTOR_FORMATS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Tiling(_Strict):
+    tile_px: int = Field(512, ge=64)
+    overlap_px: int = Field(64, ge=0)
+    batch_tiles: int = Field(4, ge=1)
+
+
+class Output(_Strict):
+    folder: str
+    formats: list[str] = Field(default_factory=lambda: list(VECTOR_FORMATS))
+    min_area_m2: float = Field(4.0, ge=0)
+    simplify_m: float = Field(0.25, ge=0)
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, formats: list[str]) -> list[str]:
+        unknown = sorted(set(formats) - set(VECTOR_FORMATS))
+        if unknown:
+            raise ValueError(f"unknown {', '.join(unknown)}; choose from {', '.join(VECTOR_FORMATS)}")
+        return formats
+
+
+class LocalCluster(_Strict):
+    kind: Literal["local"]
+    workers: int | None = Field(None, ge=0)  # None: one worker process per CPU core; 0: in-process, no cluster
+
+
+class AddressCluster(_Strict):
+    kind: Literal["address"]
+    address: str = Field(pattern=r"^(tcp|tls|ucx|inproc)://")
+
+
+class QueueCluster(_Strict):
+    """A Dask cluster of batch jobs through dask-jobqueue: each job is one worker process per core."""
+
+    kind: Literal["slurm", "pbs"]
+    jobs: int = Field(1, ge=1)
+    cores: int = Field(4, ge=1)
+    memory: str = "16GB"
+    queue: str | None = None
+    account: str | None = None
+    walltime: str = "02:00:00"
+    job_extra_directives: list[str] = Field(default_factory=list)
+
+
+Cluster = Annotated[Union[LocalCluster, AddressCluster, QueueCluster], Field(discriminator="kind")]
+
+
+class Job(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    catalog: str
+    asset: str | None = None
+    asset_role: str = "data"
+    backend: str = "auto"
+    model: str | None = None
+    tau: float | None = Field(None, gt=0, le=1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: str = "cpu"
+    tiling: Tiling = Field(default_factory=Tiling)
+    output: Output
+    cluster: Cluster = Field(default_factory=lambda: LocalCluster(kind="local"))
+    retries: int = Field(1, ge=0, le=10)
+    schedule: str | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str | None) -> str | None:
+        if schedule is not None and len(schedule.split()) != 5:
+            raise ValueError("a cron expression has 5 fields: minute hour day-of-month month day-of-week")
+        return schedule
+
+
+def load_job(path: str | os.PathLike, catalog: str | None = None, out: str | None = None,
+             workers: int | None = None, address: str | None = None) -> Job:
+    """Parse and validate a job file; relative paths are made absolute against the file; overrides applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise GeosegError(f"{path}: no such job file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise GeosegError(f"{path}: a job file is a YAML mapping of fields")
+        if catalog:
+            raw["catalog"] = str(Path(catalog).resolve())
+        if out:
+            raw.setdefault("output", {})["folder"] = str(Path(out).resolve())
+        if address:
+            raw["cluster"] = {"kind": "address", "address": address}
+        elif workers is not None:
+            raw["cluster"] = {"kind": "local", "workers": workers}
+        job = Job.model_validate(raw)
+    except yaml.YAMLError as err:
+        raise GeosegError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise GeosegError(f"{path}: {where}: {first['msg']} ({err.error_count()} problem(s) in all)") from None
+    here = path.resolve().parent
+    job.catalog = job.catalog if "://" in job.catalog else str(here / job.catalog)
+    job.output.folder = str(here / job.output.folder)
+    if job.model and (os.sep in job.model or job.model.endswith(".safetensors")):
+        job.model = str(here / job.model)
+    return job
+
+
+@contextmanager
+def job_client(cluster: LocalCluster | AddressCluster | QueueCluster) -> Iterator[object | None]:
+    """A distributed Client for the job's cluster, open for the whole job (None: in-process, ``workers: 0``)."""
+    from .pipeline import dask_client
+
+    if cluster.kind == "local":
+        with dask_client(cluster.workers, None) as client:
+            yield client
+    elif cluster.kind == "address":
+        with dask_client(None, cluster.address) as client:
+            yield client
+    else:
+        queue = queue_cluster(cluster)
+        queue.scale(jobs=cluster.jobs)
+        from distributed import Client
+
+        with queue, Client(queue) as client:
+            yield client
+
+
+def queue_cluster(cluster: QueueCluster):
+    """The dask-jobqueue cluster object (not yet scaled: ``job_script()`` shows what it would submit)."""
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise GeosegError(f"cluster kind {cluster.kind} needs dask-jobqueue: pip install 'geoseg[hpc]'") from None
+    cls = dask_jobqueue.SLURMCluster if cluster.kind == "slurm" else dask_jobqueue.PBSCluster
+    extra = {"account": cluster.account} if cluster.account else {}
+    return cls(cores=cluster.cores, processes=cluster.cores, memory=cluster.memory, queue=cluster.queue,
+               walltime=cluster.walltime, job_extra_directives=cluster.job_extra_directives,
+               job_script_prologue=["export OMP_NUM_THREADS=1"], **extra)
