@@ -1,0 +1,103 @@
+"""Instance segmentation of buildings: Mask R-CNN on a ResNet C4 backbone, plain and light (Zhang et al.,
+"Toward Efficient Simultaneous Detection and Segmentation"), built from torchvision's detection parts
+(anchor generator, RPN, RoIAlign, losses, box coder, post-processing).
+
+* ``baseline``: the C4 design of Mask R-CNN: RPN and RoIAlign (14x14) on the C4 map; the ResNet's own C5 stage
+  (stride 2 -> 7x7) is the RoI head, average-pooled for the box branch and, shared, deconvolved to 14x14 for
+  the mask branch.
+* ``light``: a separated large-kernel convolution (k x 1 -> 1 x k plus 1 x k -> k x 1, k = 15, 256 middle
+  channels, summed to 256) after C4, so that the RPN and RoIAlign see 256 channels; the C5 head is replaced
+  by two 3x3 convolutions (256, 512) on the 14x14 RoI features, shared by a 7x7/7 average pool (2x2x512 =
+  2048 values) for the box branch and a deconvolution to 28x28 for the mask branch.
+
+Units: anchor sizes are pixels of the input tile; ``tile_px`` is the side the transform keeps tiles at (no
+resizing for tiles of that size; a smaller edge tile is scaled up and its outputs mapped back).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+
+ANCHOR_SIZES_PX = (16, 32, 64, 128, 256)
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+class SeparatedLargeKernel(nn.Module):
+    """Two separable branches, (k x 1 then 1 x k) and (1 x k then k x 1), summed: a full k x k receptive
+    field at O(2/k) of the cost of a k x k convolution. Spatial size is kept for odd and even inputs."""
+
+    def __init__(self, in_channels: int, mid_channels: int = 256, out_channels: int = 256, k: int = 15):
+        super().__init__()
+        if k % 2 == 0:
+            raise ValueError("k must be odd so that the padding keeps the spatial size")
+        tall, wide = dict(kernel_size=(k, 1), padding=(k // 2, 0)), dict(kernel_size=(1, k), padding=(0, k // 2))
+        self.tall_wide = nn.Sequential(nn.Conv2d(in_channels, mid_channels, **tall), nn.Conv2d(mid_channels, out_channels, **wide))
+        self.wide_tall = nn.Sequential(nn.Conv2d(in_channels, mid_channels, **wide), nn.Conv2d(mid_channels, out_channels, **tall))
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tall_wide(x) + self.wide_tall(x)
+
+
+class C4Backbone(nn.Sequential):
+    """ResNet stem + stages 1-3 (stride 16); ``out_channels`` as torchvision's detection API expects.
+    With ``large_kernel`` the separated large-kernel block follows C4."""
+
+    def __init__(self, depth: int = 18, in_channels: int = 3, large_kernel: bool = False):
+        net = getattr(resnet, f"resnet{depth}")(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        layers = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]
+        c4 = net.layer3[-1].conv2.out_channels if depth < 50 else net.layer3[-1].conv3.out_channels
+        if large_kernel:
+            layers += [SeparatedLargeKernel(c4), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+        self.out_channels = 256 if large_kernel else c4
+        self.c5 = net.layer4  # the baseline's RoI head (unused by the light design)
+
+
+class LightRoIHead(nn.Module):
+    """Two 3x3 convolutions (256, 512) with ReLU on 14x14 RoI features; shared by box and mask branches."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, int] = (256, 512)):
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.ReLU(inplace=True),
+                                   nn.Conv2d(channels[0], channels[1], 3, padding=1), nn.ReLU(inplace=True))
+        self.out_channels = channels[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x)
+
+
+def build_maskrcnn(design: str, depth: int = 18, in_channels: int = 3, num_classes: int = 2, tile_px: int = 512,
+                   mean: list[float] | None = None, std: list[float] | None = None, **kwargs) -> MaskRCNN:
+    """The ``baseline`` or ``light`` Mask R-CNN (module docstring); ``kwargs`` go to torchvision's MaskRCNN."""
+    if design not in ("baseline", "light"):
+        raise ValueError(f"design {design!r}: choose baseline or light")
+    backbone = C4Backbone(depth, in_channels, large_kernel=design == "light")
+    anchors = AnchorGenerator((ANCHOR_SIZES_PX,), (ASPECT_RATIOS,))
+    pool = MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=2)
+    if design == "light":
+        trunk = LightRoIHead(backbone.out_channels)
+        box_head = nn.Sequential(trunk, nn.AvgPool2d(7, 7), nn.Flatten())
+        box_features, mask_head = 2 * 2 * trunk.out_channels, trunk
+    else:
+        c5 = backbone.c5
+        box_head = nn.Sequential(c5, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        box_features, mask_head = c5[-1].conv2.out_channels if depth < 50 else c5[-1].conv3.out_channels, c5
+    del backbone.c5  # the head holds it now (baseline) or it is not used (light)
+    mask_in = trunk.out_channels if design == "light" else box_features
+    defaults = dict(rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=300, box_detections_per_img=100)
+    return MaskRCNN(backbone, num_classes=None, min_size=tile_px, max_size=tile_px,
+                    image_mean=mean or [0.0] * in_channels, image_std=std or [1.0] * in_channels,
+                    rpn_anchor_generator=anchors, box_roi_pool=pool, box_head=box_head,
+                    box_predictor=FastRCNNPredictor(box_features, num_classes), mask_roi_pool=pool,
+                    mask_head=mask_head, mask_predictor=MaskRCNNPredictor(mask_in, 256, num_classes),
+                    **(defaults | kwargs))
