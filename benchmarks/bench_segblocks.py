@@ -9,10 +9,12 @@ For each variant:
   without overlap (the last tile of a row/column moved back, as ``geoseg run`` does);
 * GMACs per 512 px tile, counted with torch's FlopCounterMode on the very forward passes that were scored
   (FLOPs / 2), the policy net included;
-* the high-resolution fraction actually used;
-* wall time per 512 px tile on one CPU thread (as a ``geoseg run`` worker), bf16 autocast where the CPU has
+* the fraction of pixels processed at full resolution (blocks weighted by area);
+* beside them, the original U-Net (``--reference``) scored statically, for the IoU the fine-tuning started from;
+* wall time per 512x512 px on one CPU thread (as a ``geoseg run`` worker), bf16 autocast where the CPU has
   it, BatchNorm folded as the backends do: the variants run in turn, ``--rounds`` times, on the same
-  ``--timing-tiles`` tiles (batches of 4); the median is kept; ratios are to the static network.
+  ``--timing-tiles`` tiles (the largest validation tiles, padded to the block multiple; batches of 4); the
+  median is kept, scaled to 512x512 px; ratios are to the static network.
 "all blocks high" runs the block machinery with every block at full resolution: the same arithmetic as the
 static network, so its extra time is what BlockSample, BlockPad and BlockCombine cost. The network has no
 global pooling, so nothing else needs the whole tile.
@@ -90,13 +92,13 @@ def score(net, forward, tiles, autocast: bool) -> dict:
             logits, fraction = forward(x)
         flops += counter.get_total_flops()
         pixels += x.shape[-2] * x.shape[-1]
-        fractions.append(fraction)
+        fractions.append(fraction * x.shape[-2] * x.shape[-1])  # weighted by tile area
         h, w = labels.shape
         matrix += confusion(logits[0, :, :h, :w].argmax(0).numpy().astype(np.uint8), labels, len(card.classes))
     metrics = metrics_from_confusion(fold_separator(matrix, card.building_class, card.separator_class),
                                      card.mask_classes, card.building_class)
     return {"building_iou": metrics["building_iou"], "gmacs_per_512_tile": round(flops / 2 / pixels * 512**2 / 1e9, 2),
-            "high_res_fraction": round(float(np.mean(fractions)), 3), "tiles": len(tiles)}
+            "high_res_fraction": round(float(np.sum(fractions) / pixels), 3), "tiles": len(tiles)}
 
 
 @torch.inference_mode()
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument("--scales", default="0.75,0.5")
     parser.add_argument("--timing-tiles", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reference", default="buildings-unet-r18", help="U-Net scored statically beside (IoU only)")
     parser.add_argument("--out", default="bench-output/segblocks.json")
     args = parser.parse_args()
     net, _ = load_model(args.model)
@@ -131,14 +134,24 @@ def main() -> None:
     tiles = list(validation_tiles(args.config, net.card.gsd_m))
     forwards = variants(net, [float(t) for t in args.taus.split(",")], [float(s) for s in args.scales.split(",")])
     results = {name: score(net, forward, tiles, autocast) for name, forward in forwards.items()}
-    full = [t for t, _ in tiles if t.shape[-2:] == (512, 512)][: args.timing_tiles]
+    if args.reference:
+        reference, _ = load_model(args.reference)
+        results[f"static {args.reference}"] = score(reference, lambda x: (reference(x), 1.0), tiles, autocast)
+    prepared = [net.prepare(torch.from_numpy(t)[None])[0] for t, _ in tiles]
+    shape = max({p.shape for p in prepared}, key=lambda s: (s[-1] * s[-2], sum(p.shape == s for p in prepared)))
+    full = [p for p in prepared if p.shape == shape][: args.timing_tiles]
+    (out_dir := Path(args.out).parent).mkdir(parents=True, exist_ok=True)
+    (out_dir / "segblocks-scores.json").write_text(json.dumps(results, indent=2))  # before the long timing part
     fold_batchnorm(net)
     net.to(memory_format=torch.channels_last)
-    ms = timings(forwards, net.prepare(torch.from_numpy(np.stack(full))), args.rounds, autocast)
+    ms = timings(forwards, torch.stack(full).contiguous(memory_format=torch.channels_last), args.rounds, autocast)
+    per_512 = 512 * 512 / (shape[-1] * shape[-2])  # the timing tiles are the largest validation tiles, padded
+    ms = {name: round(v * per_512, 1) for name, v in ms.items()}
     base_iou, base_ms = results["static"]["building_iou"], ms["static"]
-    print(f"{len(tiles)} validation tiles (IoU, GMACs), {len(full)} tiles of 512 px for timing, 1 thread, "
-          f"bf16 autocast: {autocast}\n")
+    print(f"{len(tiles)} validation tiles (IoU, GMACs), {len(full)} tiles of {shape[-2]}x{shape[-1]} px for timing "
+          f"(ms scaled to 512x512), 1 thread, bf16 autocast: {autocast}\n")
     print(f"{'variant':28s} {'high-res':>8} {'GMACs':>7} {'ms/tile':>8} {'speed-up':>8} {'IoU':>7} {'ΔIoU pts':>8}")
+    ms[f"static {args.reference}"] = ms["static"]  # the same architecture: not timed twice
     for name, r in results.items():
         r["ms_per_tile"] = ms[name]
         r["speedup_vs_static"] = round(base_ms / ms[name], 2)

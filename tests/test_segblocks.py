@@ -223,3 +223,21 @@ def test_segblocks_options_are_checked_before_any_work(tmp_path, fast_options):
     from geoseg.backends import BackendSpec, resolve_spec
 
     assert resolve_spec(BackendSpec(model=str(path))).name == "segblocks"  # --backend auto: the model's own
+
+
+def test_joint_training_step_reaches_network_and_policy_and_keeps_batchnorm_statistics():
+    from geoseg.losses import training_loss
+
+    card = ModelCard(name="sb", architecture="segblocks", encoder="resnet18", classes=["background", "building"],
+                     building_class=1, bands=["red", "green", "blue"], gsd_m=0.3, block_px=64, size_multiple_px=64,
+                     decoder_channels=[32, 16, 16, 8, 8], tau=0.5)
+    torch.manual_seed(0)
+    net = SegBlocksModel(card).train()
+    stats = net.encoder.bn1.running_mean.clone()
+    y = torch.randint(0, 2, (2, 128, 128))
+    y[:, :64, :64] = 255  # nodata
+    loss, logs = training_loss(net, torch.randn(2, 3, 128, 128), y)
+    loss.backward()
+    assert net.policy.features[0][0].weight.grad.abs().sum() > 0 and net.encoder.conv1.weight.grad.abs().sum() > 0
+    assert torch.equal(net.encoder.bn1.running_mean, stats) and net.policy.features[0][1].training
+    assert 0 <= logs["high_fraction"] <= 1 and logs["policy_p_std"] >= 0

@@ -65,7 +65,7 @@ def run_blocks(module: nn.Module, b: Blocks) -> Blocks:
     if isinstance(module, nn.BatchNorm2d):
         return batch_norm(b, module)
     if isinstance(module, nn.ReLU):
-        return b.map(F.relu)
+        return b.map(F.relu_)  # in place, as the U-Net's own ReLUs: it always follows a freshly made tensor
     if isinstance(module, nn.MaxPool2d):
         return max_pool(b, module)
     if _is_pass_through(module):
@@ -73,7 +73,7 @@ def run_blocks(module: nn.Module, b: Blocks) -> Blocks:
     if hasattr(module, "conv1") and hasattr(module, "bn2") and hasattr(module, "downsample"):  # ResNet BasicBlock
         out = run_blocks(nn.Sequential(module.conv1, module.bn1, module.relu, module.conv2, module.bn2), b)
         identity = run_blocks(module.downsample, b) if module.downsample is not None else b
-        return (out + identity).map(F.relu)
+        return (out + identity).map(F.relu_)
     raise TypeError(f"no block version of {type(module).__name__}")
 
 
