@@ -26,7 +26,7 @@ from rasterio.merge import merge
 from rasterio.windows import Window
 
 from geoseg.datasets import chips_sharing_no_ground
-from geoseg.evaluate import evaluate
+from geoseg.evaluate import average_precision, evaluate
 from geoseg.train import ChipsSource, GeotiffSource, load_config
 
 
@@ -115,15 +115,19 @@ def main() -> None:
         "regions": len(regions), "command": " ".join(["python", "benchmarks/evaluate_model.py", args.model, args.config]
                                                      + (["--run-args", repr(args.run_args)] if args.run_args else [])),
     }
+    if all("ap_records" in r for r in per_region.values()):  # instance models: COCO mask AP, pooled
+        records = [rec for r in per_region.values() for rec in r.pop("ap_records")]
+        pooled |= average_precision(records, total["reference_polygons"])
     print(json.dumps(pooled, indent=2))
     for name, r in per_region.items():
-        print(f"{name:40s} IoU {r['building_iou']:.3f}  F1 {r['spacenet_f1']:.3f}  ({r['matched']}/{r['reference_polygons']} matched)")
+        ap = f"  mask AP {r['mask_ap']:.3f} AP50 {r['mask_ap50']:.3f}" if "mask_ap" in r else ""
+        print(f"{name:40s} IoU {r['building_iou']:.3f}  F1 {r['spacenet_f1']:.3f}  ({r['matched']}/{r['reference_polygons']} matched){ap}")
     (out / "evaluation.json").write_text(json.dumps({"pooled": pooled, "per_region": per_region}, indent=2))
     if args.write_card:
         card_path = Path(args.model).with_suffix(".json")
         card = json.loads(card_path.read_text())
         card.setdefault("metrics", {})["end_to_end"] = {"pooled": pooled,
-                                                        "per_region": {k: {m: v[m] for m in ("building_iou", "spacenet_f1", "matched", "reference_polygons")}
+                                                        "per_region": {k: {m: v[m] for m in ("building_iou", "spacenet_f1", "matched", "reference_polygons", "mask_ap", "mask_ap50") if m in v}
                                                                        for k, v in per_region.items()}}
         card_path.write_text(json.dumps(card, indent=2) + "\n")
 

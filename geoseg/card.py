@@ -43,6 +43,8 @@ class ModelCard:
     # SegBlocks only: block side (px, divides the tile), the high-resolution fraction it was trained for, and
     # the policy's P(high) threshold that reaches each fraction on the training tiles ({"0.4": 0.53, ...}).
     block_px: int = 0
+    # Instance models only: detections scoring below this are dropped (0-1).
+    instance_score_threshold: float = 0.5
     tau: float = 0.4
     policy_thresholds: dict = field(default_factory=dict)
     trained: bool = False

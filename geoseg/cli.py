@@ -24,8 +24,8 @@ def _formats(text: str) -> list[str]:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default="geoseg-output", help="output folder; results go to OUT/<scene-stem>/")
     p.add_argument("--backend", default="auto",
-                   help="auto (default: bgs if the model has a calibrated gate, else unet), unet, bgs, fastscnn, "
-                        "contextnet, segblocks")
+                   help="auto (default: bgs if the model has a calibrated gate, else the model's own), unet, bgs, "
+                        "fastscnn, contextnet, segblocks, maskrcnn-light, maskrcnn")
     p.add_argument("--tau", type=float, default=None,
                    help="segblocks: fraction of blocks processed at full resolution, 0-1 (default: the model's)")
     p.add_argument("--model", default=None, help="model name shipped with geoseg, or path to NAME.safetensors")
@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.prediction, args.reference, polygons=args.polygons, building_class=args.building_class)
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({k: v for k, v in result.items() if k != "ap_records"}, indent=2) + "\n")
     return 0
 
 

@@ -11,6 +11,10 @@ a class raster (+ optional polygons). The reference is a vector file (any CRS) o
   prediction pixel; polygons of either side under ``min_area_m2`` (default 4, as ``geoseg run``) are left out; pairs are matched
   one-to-one, greedily by decreasing IoU, and a match needs IoU >= 0.5. Precision = matches / predictions,
   recall = matches / references, F1 their harmonic mean.
+* Instance predictions (polygons with a ``score``, from the Mask R-CNN backends) also get COCO-style mask AP:
+  at each IoU threshold 0.50:0.05:0.95, predictions in decreasing score take the best unmatched reference;
+  precision is interpolated at 101 recall points; ``mask_ap`` is the mean over thresholds, ``mask_ap50`` the
+  first. IoU is that of the polygons (the masks' outlines) in the metric CRS.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ def read_polygons(path: str | Path) -> gpd.GeoDataFrame:
     if frame.crs is None:
         raise GeosegError(f"{path}: polygons without a CRS")
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
-    return frame.explode(index_parts=False).reset_index(drop=True)[["geometry"]]
+    keep = ["score", "geometry"] if "score" in frame.columns else ["geometry"]
+    return frame.explode(index_parts=False).reset_index(drop=True)[keep]
 
 
 def polygons_from_array(labels: np.ndarray, grid: Grid, value: int) -> gpd.GeoDataFrame:
@@ -70,6 +75,47 @@ def spacenet_scores(predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame) ->
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"spacenet_precision": round(precision, 4), "spacenet_recall": round(recall, 4), "spacenet_f1": round(f1, 4),
             "matched": tp, "predicted_polygons": len(pred), "reference_polygons": len(ref)}
+
+
+AP_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
+def ap_records(predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame) -> list[tuple[float, list[bool]]]:
+    """(score, [true positive at each AP_IOUS threshold]) per prediction, in decreasing score."""
+    pred, ref = list(predicted.geometry), list(reference.geometry)
+    order = np.argsort(-predicted["score"].to_numpy(), kind="stable")
+    overlaps: dict[int, list[tuple[float, int]]] = {i: [] for i in range(len(pred))}
+    if pred and ref:
+        left, right = shapely.STRtree(ref).query(pred, predicate="intersects")
+        for i, j in zip(left.tolist(), right.tolist()):
+            inter = pred[i].intersection(ref[j]).area
+            overlaps[i].append((inter / (pred[i].area + ref[j].area - inter), j))
+    taken = [set() for _ in AP_IOUS]
+    records = []
+    for i in order.tolist():
+        hits = []
+        for k, threshold in enumerate(AP_IOUS):
+            best = max(((iou, j) for iou, j in overlaps[i] if iou >= threshold and j not in taken[k]), default=None)
+            if best is not None:
+                taken[k].add(best[1])
+            hits.append(best is not None)
+        records.append((float(predicted["score"].iloc[i]), hits))
+    return records
+
+
+def average_precision(records: list[tuple[float, list[bool]]], n_reference: int) -> dict:
+    """COCO mask AP (mean over AP_IOUS) and AP50 from pooled records (module docstring)."""
+    records = sorted(records, key=lambda r: -r[0])
+    aps = []
+    for k in range(len(AP_IOUS)):
+        tp = np.cumsum([r[1][k] for r in records]) if records else np.zeros(0)
+        precision = tp / np.arange(1, len(records) + 1) if records else np.zeros(0)
+        recall = tp / max(n_reference, 1)
+        envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+        points = [envelope[np.searchsorted(recall, r, side="left")] if np.any(recall >= r) else 0.0
+                  for r in np.linspace(0, 1, 101)]
+        aps.append(float(np.mean(points)))
+    return {"mask_ap": round(float(np.mean(aps)), 4), "mask_ap50": round(aps[0], 4)}
 
 
 def _prediction_files(prediction: Path, polygons: str | None) -> tuple[Path, Path | None, int]:
@@ -131,12 +177,15 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     on_valid[inside] = valid[rows[inside], cols[inside]]
     result = {"prediction": str(prediction), "reference": str(reference), **pixel,
               **spacenet_scores(predicted, ref_polygons[on_valid])}
+    if "score" in predicted.columns:
+        records = ap_records(predicted, ref_polygons[on_valid])
+        result |= average_precision(records, int(on_valid.sum())) | {"ap_records": records}
     return result
 
 
 def format_table(result: dict) -> str:
-    rows = [(k, result[k]) for k in ("building_iou", "building_precision", "building_recall", "spacenet_f1",
-                                     "spacenet_precision", "spacenet_recall", "matched", "predicted_polygons",
-                                     "reference_polygons", "pixels")]
+    keys = ("building_iou", "building_precision", "building_recall", "spacenet_f1", "spacenet_precision",
+            "spacenet_recall", "matched", "predicted_polygons", "reference_polygons", "pixels", "mask_ap", "mask_ap50")
+    rows = [(k, result[k]) for k in keys if k in result]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -2,6 +2,7 @@
 
 * encoder-decoder models: cross-entropy + soft Dice, plus the auxiliary heads of the real-time nets (weight 0.4
   as both papers);
+* Mask R-CNN: its own detection and mask losses, instances from the labels;
 * SegBlocks: the same task loss on the block-processed output, plus the policy's REINFORCE term (eq. 13), with
   actions sampled from the policy; logs the achieved high-resolution fraction and the spread of the policy's
   probabilities (a collapsed policy has ``policy_p_std`` near 0).
@@ -37,6 +38,8 @@ def training_loss(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     """The loss to minimise for prepared inputs ``x`` and labels ``y`` (N, H, W) of the same size."""
     if net.card.architecture == "segblocks":
         return segblocks_loss(net, x, y)
+    if net.card.architecture.startswith("maskrcnn"):
+        return instance_loss(net, x, y)
     features = net.encode(x)
     loss = segmentation_loss(net.decode(features), y)
     for aux in getattr(net, "aux_logits", lambda f: [])(features):
@@ -62,3 +65,15 @@ def segblocks_loss(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
     logs = {"high_fraction": float(actions.float().mean()), "policy_p_mean": float(p.mean()),
             "policy_p_std": float(p.std()), "policy_loss": float(policy.detach())}
     return task + policy, logs
+
+
+def instance_loss(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mask R-CNN's own losses (RPN objectness and boxes, RoI classes, boxes and masks), summed; targets are the
+    label crops' building components (:func:`geoseg.instances.instances_from_labels`)."""
+    from .instances import instances_from_labels
+
+    card = net.card
+    targets = [instances_from_labels(labels.numpy(), card.building_class, card.separator_class) for labels in y.cpu()]
+    losses = net.detector(list(x), targets)
+    return sum(losses.values()), {name: float(v.detach()) for name, v in losses.items()} | \
+        {"instances_per_crop": sum(len(t["boxes"]) for t in targets) / len(targets)}

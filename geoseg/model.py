@@ -124,6 +124,48 @@ class SegBlocksModel(SegmentationModel):
         return self.forward_blocks(x, layout)
 
 
+class InstanceModel(GeoModel):
+    """Mask R-CNN for building instances (:mod:`geoseg.nets.maskrcnn`): ``maskrcnn`` (C4 baseline) or
+    ``maskrcnn-light`` (separated large kernel + light head). ``detect`` gives instances per tile; ``forward``
+    their semantic view (:func:`geoseg.instances.semantic_logits`), so that validation and the semantic
+    outputs of the pipeline work as for the other models."""
+
+    DESIGNS = {"maskrcnn": "baseline", "maskrcnn-light": "light"}
+
+    def __init__(self, card: ModelCard):
+        super().__init__()
+        from .nets.maskrcnn import build_maskrcnn
+
+        self.card = card
+        depth = int(card.encoder.removeprefix("resnet") or 18)
+        self.detector = build_maskrcnn(self.DESIGNS[card.architecture], depth, len(card.bands), 2, tile_px=512,
+                                       _skip_resize=True)
+
+    def detect(self, x: torch.Tensor) -> list[dict]:
+        return self.detector(list(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .instances import semantic_logits
+
+        return semantic_logits(self.detect(x), len(self.card.classes), self.card.building_class, tuple(x.shape[-2:]))
+
+    def init_backbone_from(self, path: str | os.PathLike) -> str:
+        """Start backbone (and the baseline's C5 head) from a U-Net's ResNet encoder of the same depth."""
+        path = resolve_model_path(path)
+        source = load_file(str(path))
+        stages = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6"}
+        own = self.detector.state_dict()
+        for key, value in source.items():
+            if not key.startswith("encoder."):
+                continue
+            stage, rest = key.removeprefix("encoder.").split(".", 1)
+            target = f"backbone.{stages[stage]}.{rest}" if stage in stages else f"roi_heads.box_head.0.{rest}"
+            if target in own and own[target].shape == value.shape:
+                own[target] = value.to(own[target].dtype)
+        self.detector.load_state_dict(own)
+        return file_sha256(path)
+
+
 class RealtimeModel(GeoModel):
     """Fast-SCNN or ContextNet (:mod:`geoseg.nets`) behind the same interface, with auxiliary heads for training."""
 
@@ -143,7 +185,7 @@ class RealtimeModel(GeoModel):
 
 
 ARCHITECTURES = {"unet": SegmentationModel, "fastscnn": RealtimeModel, "contextnet": RealtimeModel,
-                 "segblocks": SegBlocksModel}
+                 "segblocks": SegBlocksModel, "maskrcnn": InstanceModel, "maskrcnn-light": InstanceModel}
 
 
 def build_model(card: ModelCard) -> GeoModel:
@@ -190,7 +232,9 @@ def load_model(model: str | os.PathLike | None = None) -> tuple[GeoModel, str]:
     net = build_model(card)
     try:
         state = {k: v.float() for k, v in load_file(str(path)).items()}
-        net.load_state_dict(state, strict=True)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - _aliases(net):
+            raise GeosegError(f"missing {sorted(set(missing) - _aliases(net))[:3]}, unexpected {unexpected[:3]}")
     except Exception as err:  # safetensors header errors, missing/unexpected keys, shape mismatches
         raise GeosegError(f"{path}: weights do not match the card ({str(err).splitlines()[0][:200]})") from None
     return net.eval(), file_sha256(path)
@@ -240,10 +284,22 @@ def init_weights_from(net: GeoModel, path: str | os.PathLike) -> str:
     return file_sha256(path)
 
 
+def _aliases(net: nn.Module) -> set[str]:
+    """State-dict keys naming a tensor that an earlier key already names (modules shared between branches)."""
+    seen, aliases = set(), set()
+    for key, value in net.state_dict(keep_vars=True).items():
+        if id(value) in seen:
+            aliases.add(key)
+        seen.add(id(value))
+    return aliases
+
+
 def save_model(net: GeoModel, path: str | os.PathLike, half: bool = True) -> str:
     """Write weights (fp16 by default, to keep shipped models small) and card; returns the weights' sha256."""
     path = Path(path)
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
+    aliases = _aliases(net)  # a module used twice (a head shared by two branches) is saved once
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+             for k, v in net.state_dict().items() if k not in aliases}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp))
     os.chmod(tmp, 0o644)  # safetensors creates 0600 files; shipped weights must be readable by all

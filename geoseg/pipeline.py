@@ -32,8 +32,13 @@ from .card import ModelCard
 from .read import OpenedScene, SceneReader, open_scene
 from .stitch import StripStitcher, TilePrediction
 from .tile import Tile, batched, tile_grid
+from .merge_instances import InstanceCollector, instances_to_frame, write_instance_raster
 from .vectorise import building_pieces, pieces_to_frame
 from .write import VECTOR_FORMATS, discard, publish, write_cog, write_preview, write_vectors
+
+
+#: architectures whose backends return instances (one polygon per building, an instance raster)
+INSTANCE_ARCHITECTURES = ("maskrcnn", "maskrcnn-light")
 
 
 @dataclass
@@ -72,13 +77,14 @@ def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: li
     t1 = time.perf_counter()
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
     probabilities: dict[int, np.ndarray] = {}
-    decoded, counters = 0, {}
+    decoded, counters, instances = 0, {}, {}
     if keep:
         out = backend.predict(np.stack([reads[i][0] for i in keep]))
         probabilities = {i: np.asarray(p, dtype=np.float16) for i, p in zip(keep, out.probabilities)}  # no copy if f16
         decoded, counters = out.decoded, out.counters
+        instances = dict(zip(keep, out.instances)) if out.instances is not None else {}
     t2 = time.perf_counter()
-    predictions = [TilePrediction(t, probabilities.get(i), reads[i][1]) for i, t in enumerate(tiles)]
+    predictions = [TilePrediction(t, probabilities.get(i), reads[i][1], instances.get(i)) for i, t in enumerate(tiles)]
     return predictions, {"read_s": t1 - t0, "model_s": t2 - t1, "encoded": len(keep), "decoded": decoded,
                          "counters": counters}
 
@@ -232,6 +238,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     separator_tmp = str(staging / "separator.raw.tif") if card.separator_class is not None else None
     stitcher = StripStitcher(grid, tiles, card.classes, card.building_class, prob_tmp, mask_tmp,
                              card.separator_class, separator_tmp)
+    collector = InstanceCollector(tiles, grid) if card.architecture in INSTANCE_ARCHITECTURES else None
     counts = {"encoded": 0, "decoded": 0, "read_s": 0.0, "model_s": 0.0}
     backend_counts: dict[str, int] = {}
     stitch_s = 0.0
@@ -243,6 +250,8 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
         t = time.perf_counter()
         for p in predictions:
             stitcher.add(p)
+            if collector is not None and p.instances:
+                collector.add(p.tile, p.instances)
         stitch_s += time.perf_counter() - t
         for key in counts:
             counts[key] += stats[key]
@@ -265,14 +274,22 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     min_pixels = int(0.8 * opts.min_area_m2 / facts["grid_gsd_m"] ** 2)
     separator = {"separator_threshold": _either(opts.separator_threshold, card.separator_threshold),
                  "separator_dilate_px": _either(opts.separator_dilate_px, card.separator_dilate_px)}
-    pieces = building_pieces(mask_tmp, prob_tmp, grid, card.building_class, min_pixels=min_pixels,
-                             separator_path=separator_tmp, **separator)
-    frame = pieces_to_frame(pieces, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m)
+    if collector is None:
+        pieces = building_pieces(mask_tmp, prob_tmp, grid, card.building_class, min_pixels=min_pixels,
+                                 separator_path=separator_tmp, **separator)
+        frame = pieces_to_frame(pieces, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m)
+    else:  # one polygon per instance, each building once across tiles
+        frame, kept = instances_to_frame(collector.kept, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m)
+        write_instance_raster(kept, grid, prob_tmp, str(staging / "instances.raw.tif"))
     vectorise_s = time.perf_counter() - t
     t = time.perf_counter()
     write_cog(mask_tmp, str(staging / "mask.tif"), categorical=True)
     write_cog(prob_tmp, str(staging / "probability.tif"), categorical=False)
-    outputs = ["mask.tif", "probability.tif"] + write_vectors(frame, staging, opts.formats)
+    outputs = ["mask.tif", "probability.tif"]
+    if collector is not None:
+        write_cog(str(staging / "instances.raw.tif"), str(staging / "instances.tif"), categorical=True)
+        outputs.append("instances.tif")
+    outputs += write_vectors(frame, staging, opts.formats)
     _preview(reader, overview, frame.geometry, staging / "preview.png")
     outputs.append("preview.png")
     write_s = time.perf_counter() - t
@@ -304,6 +321,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
             "stitch": round(stitch_s, 2), "vectorise": round(vectorise_s, 2), "write": round(write_s, 2),
         },
         **_segblocks_summary(card, opts, backend_counts),
+        **({"instances_detected": collector.seen, "instances_kept": len(frame)} if collector is not None else {}),
         "buildings": len(frame),
         **(separator if card.separator_class is not None else {}),
         "min_area_m2": opts.min_area_m2,

@@ -63,8 +63,8 @@ Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource], Field(discrim
 
 class TrainConfig(_Strict):
     name: str
-    architecture: Literal["unet", "fastscnn", "contextnet", "segblocks"] = "unet"
-    encoder: str = "resnet18"  # U-Net and SegBlocks only
+    architecture: Literal["unet", "fastscnn", "contextnet", "segblocks", "maskrcnn", "maskrcnn-light"] = "unet"
+    encoder: str = "resnet18"  # U-Net, SegBlocks and Mask R-CNN only
     block_px: int = Field(0, ge=0)  # SegBlocks only: block side; crop_px must be a multiple
     tau: float = Field(0.4, gt=0, le=1)  # SegBlocks only: target fraction of high-resolution blocks
     policy_lr: float | None = Field(None, gt=0)  # SegBlocks only: the policy net's learning rate (default: lr)
@@ -277,7 +277,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     autocast = use_bf16(config.precision)
     blocks = config.architecture == "segblocks"
     card = ModelCard(name=config.name, architecture=config.architecture,
-                     encoder=config.encoder if config.architecture in ("unet", "segblocks") else "",
+                     encoder=config.encoder if config.architecture in ("unet", "segblocks", "maskrcnn", "maskrcnn-light") else "",
                      classes=config.classes, block_px=config.block_px, tau=config.tau,
                      size_multiple_px=max(32, config.block_px) if blocks else 32,
                      building_class=config.building_class, separator_class=config.separator_class,
@@ -288,7 +288,8 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     if config.init_from:
         near = Path(config_path).parent / config.init_from
         source = str(near) if near.exists() else config.init_from
-        init = {"weights": config.init_from, "sha256": init_weights_from(net, source)}
+        start = net.init_backbone_from if hasattr(net, "init_backbone_from") else lambda p: init_weights_from(net, p)
+        init = {"weights": config.init_from, "sha256": start(source)}
     net = net.to(memory_format=torch.channels_last)
     policy = list(net.policy.parameters()) if hasattr(net, "policy") else []
     groups = [{"params": [p for p in net.parameters() if all(p is not q for q in policy)], "lr": config.lr}]

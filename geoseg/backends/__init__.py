@@ -29,10 +29,13 @@ REGISTRY: dict[str, str] = {
     "fastscnn": "geoseg.backends.realtime:FastSCNNBackend",
     "contextnet": "geoseg.backends.realtime:ContextNetBackend",
     "segblocks": "geoseg.backends.segblocks:SegBlocksBackend",
+    "maskrcnn-light": "geoseg.backends.maskrcnn:MaskRCNNLightBackend",
+    "maskrcnn": "geoseg.backends.maskrcnn:MaskRCNNBackend",
 }
 #: the model a backend runs when no --model is given (None: geoseg's default model); torch-free, for the driver
 DEFAULT_MODELS: dict[str, str] = {"fastscnn": "buildings-fastscnn", "contextnet": "buildings-contextnet",
-                                  "segblocks": "buildings-segblocks"}
+                                  "segblocks": "buildings-segblocks", "maskrcnn-light": "buildings-maskrcnn-light",
+                                  "maskrcnn": "buildings-maskrcnn"}
 #: ``--backend auto`` (the default): the gated backend where the model has a calibrated gate beside it, else dense
 AUTO = "auto"
 
@@ -42,6 +45,7 @@ class BatchPrediction:
     probabilities: np.ndarray  # float16 (or float32) (N, C, H, W), summing to 1 over C
     decoded: int  # how many of the N tiles went through the decoder
     counters: dict[str, int] = field(default_factory=dict)  # backend-specific counts, summed over the scene
+    instances: list | None = None  # instance backends: per tile, a list of geoseg.merge_instances.Instance
 
 
 class Backend(Protocol):

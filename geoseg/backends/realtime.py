@@ -4,24 +4,12 @@ net. They share the dense backend's code; each refuses a model of another archit
 
 from __future__ import annotations
 
-from ..errors import GeosegError
-from . import DEFAULT_MODELS
-from .unet import UNetBackend
+from .unet import ArchitectureBackend
 
 
-class _RealtimeBackend(UNetBackend):
-    architecture = ""
-
-    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto"):
-        super().__init__(model=model or DEFAULT_MODELS[self.name], device=device, precision=precision)
-        if self.card.architecture != self.architecture:
-            raise GeosegError(f"--backend {self.name}: model {self.card.name} is a {self.card.architecture}, "
-                              f"not a {self.architecture}")
-
-
-class FastSCNNBackend(_RealtimeBackend):
+class FastSCNNBackend(ArchitectureBackend):
     name = architecture = "fastscnn"
 
 
-class ContextNetBackend(_RealtimeBackend):
+class ContextNetBackend(ArchitectureBackend):
     name = architecture = "contextnet"

@@ -8,19 +8,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import GeosegError
-from . import DEFAULT_MODELS, BatchPrediction, check_tau
-from .unet import UNetBackend
+from . import BatchPrediction, check_tau
+from .unet import ArchitectureBackend
 
 
-class SegBlocksBackend(UNetBackend):
-    name = "segblocks"
+class SegBlocksBackend(ArchitectureBackend):
+    name = architecture = "segblocks"
 
     def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto",
                  tau: float | None = None):
-        super().__init__(model=model or DEFAULT_MODELS[self.name], device=device, precision=precision)
-        if self.card.architecture != "segblocks":
-            raise GeosegError(f"--backend segblocks: model {self.card.name} is a {self.card.architecture}, not segblocks")
+        super().__init__(model=model, device=device, precision=precision)
         if tau is not None:
             check_tau(tau)
             self.net.tau = tau

@@ -7,7 +7,7 @@ import torch
 
 from ..errors import GeosegError
 from ..model import fold_batchnorm, load_model, use_bf16
-from . import BatchPrediction
+from . import DEFAULT_MODELS, BatchPrediction
 
 
 def torch_device(device: str) -> torch.device:
@@ -44,3 +44,16 @@ class UNetBackend:
             logits = self.net(self.model_input(pixels))
         probabilities = torch.softmax(logits.float(), dim=1)
         return BatchPrediction(self.to_numpy(probabilities, *pixels.shape[-2:]), decoded=len(pixels))
+
+
+class ArchitectureBackend(UNetBackend):
+    """A backend bound to one architecture (``architecture``, equal to the backend's name): its own model when
+    none is given (:data:`DEFAULT_MODELS`), and a clear error for a model of another architecture."""
+
+    architecture = ""
+
+    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto"):
+        super().__init__(model=model or DEFAULT_MODELS[self.name], device=device, precision=precision)
+        if self.card.architecture != self.architecture:
+            raise GeosegError(f"--backend {self.name}: model {self.card.name} is a {self.card.architecture}, "
+                              f"not a {self.architecture}")

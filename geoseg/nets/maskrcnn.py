@@ -94,7 +94,10 @@ def build_maskrcnn(design: str, depth: int = 18, in_channels: int = 3, num_class
         box_features, mask_head = c5[-1].conv2.out_channels if depth < 50 else c5[-1].conv3.out_channels, c5
     del backbone.c5  # the head holds it now (baseline) or it is not used (light)
     mask_in = trunk.out_channels if design == "light" else box_features
-    defaults = dict(rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=300, box_detections_per_img=100)
+    # fewer proposals and sampled RoIs than torchvision's COCO defaults (2000/2000, 512 RoIs per image): a 512 px
+    # tile holds tens of buildings, and on CPU the RoI head's cost is proportional to them
+    defaults = dict(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
+                    rpn_post_nms_top_n_test=300, box_batch_size_per_image=64, box_detections_per_img=100)
     return MaskRCNN(backbone, num_classes=None, min_size=tile_px, max_size=tile_px,
                     image_mean=mean or [0.0] * in_channels, image_std=std or [1.0] * in_channels,
                     rpn_anchor_generator=anchors, box_roi_pool=pool, box_head=box_head,

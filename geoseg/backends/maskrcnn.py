@@ -1,0 +1,54 @@
+"""Instance backends: the light Mask R-CNN (``maskrcnn-light``) and its C4 baseline (``maskrcnn``).
+
+Besides per-class probabilities (the instances' semantic view, so mask.tif and probability.tif are written as
+for every backend), each prediction carries the tile's instances scoring at least the card's
+``instance_score_threshold``: the mask thresholded at 0.5 and cropped to its box. The pipeline keeps each
+building once across tiles (:mod:`geoseg.merge_instances`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..instances import semantic_logits
+from ..merge_instances import Instance
+from . import BatchPrediction
+from .unet import ArchitectureBackend
+
+
+class _InstanceBackend(ArchitectureBackend):
+    @torch.inference_mode()
+    def predict(self, pixels: np.ndarray) -> BatchPrediction:
+        h, w = pixels.shape[-2:]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            x = self.model_input(pixels)
+            detections = [{k: v.float() for k, v in d.items()} for d in self.net.detect(x)]
+        card = self.card
+        probabilities = semantic_logits(detections, len(card.classes), card.building_class, tuple(x.shape[-2:]),
+                                        card.instance_score_threshold).exp()
+        instances = [tile_instances(d, h, w, card.instance_score_threshold) for d in detections]
+        return BatchPrediction(self.to_numpy(probabilities, h, w), decoded=len(pixels), instances=instances,
+                               counters={"instances_detected": sum(len(i) for i in instances)})
+
+
+def tile_instances(detection: dict, h: int, w: int, score_threshold: float) -> list[Instance]:
+    """Instances of one tile (masks > 0.5, inside the unpadded h x w tile, cropped to their boxes)."""
+    out = []
+    for mask, score in zip(detection["masks"][:, 0, :h, :w], detection["scores"]):
+        if score < score_threshold:
+            continue
+        binary = (mask > 0.5).cpu().numpy()
+        rows, cols = np.nonzero(binary.any(1))[0], np.nonzero(binary.any(0))[0]
+        if not len(rows):
+            continue
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        out.append(Instance(int(r0), int(c0), binary[r0:r1, c0:c1], float(score)))
+    return out
+
+
+class MaskRCNNLightBackend(_InstanceBackend):
+    name = architecture = "maskrcnn-light"
+
+
+class MaskRCNNBackend(_InstanceBackend):
+    name = architecture = "maskrcnn"

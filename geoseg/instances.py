@@ -1,0 +1,58 @@
+"""Building instances: from labelled rasters (training targets) and from Mask R-CNN outputs (semantic view).
+
+Training targets come from the same labels as the semantic models: 4-connected components of the building
+class are the instances, kept apart by the separator class (the line where touching buildings meet); each
+instance then takes back the separator pixels within 1 px, so its mask covers the whole footprint. Components
+under ``min_pixels`` are dropped (fragments cut by the crop border stay if large enough).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+_FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+def instances_from_labels(labels: np.ndarray, building_class: int, separator_class: int | None,
+                          min_pixels: int = 16) -> dict[str, torch.Tensor]:
+    """torchvision detection target for one label crop (H, W): boxes (n, 4) x0 y0 x1 y1 in px (exclusive
+    ends), labels (n,) all 1, masks (n, H, W) uint8."""
+    building = labels == building_class
+    ids, count = ndimage.label(building, structure=_FOUR)
+    if separator_class is not None and count:
+        separator = labels == separator_class
+        grown = ndimage.grey_dilation(ids, footprint=_FOUR)
+        ids = np.where(separator & (ids == 0), grown, ids)
+    masks, boxes = [], []
+    for index, found in enumerate(ndimage.find_objects(ids), start=1):
+        if found is None:
+            continue
+        mask = ids == index
+        if mask.sum() < min_pixels:
+            continue
+        rows, cols = found
+        masks.append(mask)
+        boxes.append([cols.start, rows.start, cols.stop, rows.stop])
+    h, w = labels.shape
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.ones(len(boxes), dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack(masks).astype(np.uint8)) if masks else torch.zeros((0, h, w), dtype=torch.uint8)}
+
+
+def semantic_logits(detections: list[dict], n_classes: int, building_class: int, shape: tuple[int, int],
+                    score_threshold: float = 0.5) -> torch.Tensor:
+    """(N, n_classes, H, W) log-probabilities from instances: P(building) = max over instances scoring at least
+    ``score_threshold`` of score x mask probability, P(background, class 0) = the rest, any other class
+    (the separator) ~0: instances keep touching buildings apart themselves."""
+    eps = 1e-4
+    out = []
+    for d in detections:
+        keep = d["scores"] >= score_threshold
+        p = (d["masks"][keep, 0] * d["scores"][keep, None, None]).amax(0) if keep.any() else torch.zeros(shape)
+        p = p.clamp(eps, 1 - eps)
+        planes = [torch.full_like(p, eps) for _ in range(n_classes)]
+        planes[0], planes[building_class] = 1 - p, p
+        out.append(torch.stack(planes).log())
+    return torch.stack(out)
