@@ -147,7 +147,8 @@ class InstanceModel(GeoModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .instances import semantic_logits
 
-        return semantic_logits(self.detect(x), len(self.card.classes), self.card.building_class, tuple(x.shape[-2:]))
+        return semantic_logits(self.detect(x), len(self.card.classes), self.card.building_class, tuple(x.shape[-2:]),
+                               self.card.instance_score_threshold)
 
     def init_backbone_from(self, path: str | os.PathLike) -> str:
         """Start backbone (and the baseline's C5 head) from a U-Net's ResNet encoder of the same depth."""
