@@ -43,14 +43,15 @@ def instances_from_labels(labels: np.ndarray, building_class: int, separator_cla
 
 def semantic_logits(detections: list[dict], n_classes: int, building_class: int, shape: tuple[int, int],
                     score_threshold: float = 0.5) -> torch.Tensor:
-    """(N, n_classes, H, W) log-probabilities from instances: P(building) = max over instances scoring at least
-    ``score_threshold`` of score x mask probability, P(background, class 0) = the rest, any other class
-    (the separator) ~0: instances keep touching buildings apart themselves."""
+    """(N, n_classes, H, W) log-probabilities from instances: P(building) = max over the instances scoring at
+    least ``score_threshold`` of their mask probability (so a pixel is building where a kept instance's mask
+    is, as in the instance raster), P(background, class 0) = the rest, any other class (the separator) ~0:
+    instances keep touching buildings apart themselves."""
     eps = 1e-4
     out = []
     for d in detections:
         keep = d["scores"] >= score_threshold
-        p = (d["masks"][keep, 0] * d["scores"][keep, None, None]).amax(0) if keep.any() else torch.zeros(shape)
+        p = d["masks"][keep, 0].amax(0) if keep.any() else torch.zeros(shape)
         p = p.clamp(eps, 1 - eps)
         planes = [torch.full_like(p, eps) for _ in range(n_classes)]
         planes[0], planes[building_class] = 1 - p, p
