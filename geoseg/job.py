@@ -132,10 +132,10 @@ def load_job(path: str | os.PathLike, catalog: str | None = None, out: str | Non
         where = ".".join(str(p) for p in first["loc"])
         raise GeosegError(f"{path}: {where}: {first['msg']} ({err.error_count()} problem(s) in all)") from None
     here = path.resolve().parent
-    job.catalog = job.catalog if "://" in job.catalog else str(here / job.catalog)
-    job.output.folder = str(here / job.output.folder)
+    job.catalog = job.catalog if "://" in job.catalog else str((here / job.catalog).resolve())
+    job.output.folder = str((here / job.output.folder).resolve())
     if job.model and (os.sep in job.model or job.model.endswith(".safetensors")):
-        job.model = str(here / job.model)
+        job.model = str((here / job.model).resolve())
     return job
 
 
