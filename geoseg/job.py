@@ -24,24 +24,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from .errors import GeosegError
 from .write import VECTOR_FORMATS
+from .yamlfile import Strict, load_yaml
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Tiling(_Strict):
+class Tiling(Strict):
     tile_px: int = Field(512, ge=64)
     overlap_px: int = Field(64, ge=0)
     batch_tiles: int = Field(4, ge=1)
 
 
-class Output(_Strict):
+class Output(Strict):
     folder: str
     formats: list[str] = Field(default_factory=lambda: list(VECTOR_FORMATS))
     min_area_m2: float = Field(4.0, ge=0)
@@ -56,17 +52,17 @@ class Output(_Strict):
         return formats
 
 
-class LocalCluster(_Strict):
+class LocalCluster(Strict):
     kind: Literal["local"]
     workers: int | None = Field(None, ge=0)  # None: one worker process per CPU core; 0: in-process, no cluster
 
 
-class AddressCluster(_Strict):
+class AddressCluster(Strict):
     kind: Literal["address"]
     address: str = Field(pattern=r"^(tcp|tls|ucx|inproc)://")
 
 
-class QueueCluster(_Strict):
+class QueueCluster(Strict):
     """A Dask cluster of batch jobs through dask-jobqueue: each job is one worker process per core."""
 
     kind: Literal["slurm", "pbs"]
@@ -82,7 +78,7 @@ class QueueCluster(_Strict):
 Cluster = Annotated[Union[LocalCluster, AddressCluster, QueueCluster], Field(discriminator="kind")]
 
 
-class Job(_Strict):
+class Job(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     catalog: str
     asset: str | None = None
@@ -110,12 +106,8 @@ def load_job(path: str | os.PathLike, catalog: str | None = None, out: str | Non
              workers: int | None = None, address: str | None = None) -> Job:
     """Parse and validate a job file; relative paths are made absolute against the file; overrides applied."""
     path = Path(path)
-    if not path.is_file():
-        raise GeosegError(f"{path}: no such job file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise GeosegError(f"{path}: a job file is a YAML mapping of fields")
+
+    def apply_overrides(raw: dict) -> None:
         if catalog:
             raw["catalog"] = str(Path(catalog).resolve())
         if out:
@@ -124,13 +116,8 @@ def load_job(path: str | os.PathLike, catalog: str | None = None, out: str | Non
             raw["cluster"] = {"kind": "address", "address": address}
         elif workers is not None:
             raw["cluster"] = {"kind": "local", "workers": workers}
-        job = Job.model_validate(raw)
-    except yaml.YAMLError as err:
-        raise GeosegError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise GeosegError(f"{path}: {where}: {first['msg']} ({err.error_count()} problem(s) in all)") from None
+
+    job = load_yaml(path, Job, "job", apply_overrides)
     here = path.resolve().parent
     job.catalog = job.catalog if "://" in job.catalog else str((here / job.catalog).resolve())
     job.output.folder = str((here / job.output.folder).resolve())

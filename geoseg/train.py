@@ -18,8 +18,7 @@ from typing import Annotated, Literal, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from tqdm import tqdm
 
 from .card import ModelCard
@@ -27,13 +26,10 @@ from .datasets import IGNORE, LabelledScene, chips_source, dubai_source, geotiff
 from .errors import GeosegError
 from .losses import training_loss
 from .model import GeoModel, build_model, init_weights_from, save_model, use_bf16
+from .yamlfile import Strict, load_yaml
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GeotiffSource(_Strict):
+class GeotiffSource(Strict):
     kind: Literal["geotiff"]
     image: str
     labels: str | None = None
@@ -42,7 +38,7 @@ class GeotiffSource(_Strict):
     gap_px: int = Field(64, ge=0)
 
 
-class ChipsSource(_Strict):
+class ChipsSource(Strict):
     kind: Literal["chips"]
     images: str
     masks: str
@@ -51,7 +47,7 @@ class ChipsSource(_Strict):
     labels: str | None = None
 
 
-class DubaiSource(_Strict):
+class DubaiSource(Strict):
     kind: Literal["dubai"]
     root: str
     assumed_gsd_m: float = Field(gt=0)
@@ -61,7 +57,7 @@ class DubaiSource(_Strict):
 Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource], Field(discriminator="kind")]
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     name: str
     architecture: Literal["unet", "fastscnn", "contextnet", "segblocks", "maskrcnn", "maskrcnn-light"] = "unet"
     encoder: str = "resnet18"  # U-Net, SegBlocks and Mask R-CNN only
@@ -97,17 +93,7 @@ class TrainConfig(_Strict):
 def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
     """Parse and validate a YAML training config; errors name the field path. Returns (config, data root)."""
     path = Path(path)
-    if not path.is_file():
-        raise GeosegError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        config = TrainConfig.model_validate(raw)
-    except yaml.YAMLError as err:
-        raise GeosegError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise GeosegError(f"{path}: {where}: {first['msg']} ({err.error_count()} problem(s) in all)") from None
+    config = load_yaml(path, TrainConfig, "config")
     if config.building_class >= len(config.classes):
         raise GeosegError(f"{path}: building_class: {config.building_class} is not an index into classes")
     if config.architecture == "segblocks" and (config.block_px < 64 or config.crop_px % config.block_px):
@@ -277,7 +263,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     autocast = use_bf16(config.precision)
     blocks = config.architecture == "segblocks"
     card = ModelCard(name=config.name, architecture=config.architecture,
-                     encoder=config.encoder if config.architecture in ("unet", "segblocks", "maskrcnn", "maskrcnn-light") else "",
+                     encoder="" if config.architecture in ("fastscnn", "contextnet") else config.encoder,
                      classes=config.classes, block_px=config.block_px, tau=config.tau,
                      size_multiple_px=max(32, config.block_px) if blocks else 32,
                      building_class=config.building_class, separator_class=config.separator_class,
@@ -292,7 +278,8 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         init = {"weights": config.init_from, "sha256": start(source)}
     net = net.to(memory_format=torch.channels_last)
     policy = list(net.policy.parameters()) if hasattr(net, "policy") else []
-    groups = [{"params": [p for p in net.parameters() if all(p is not q for q in policy)], "lr": config.lr}]
+    in_policy = {id(p) for p in policy}
+    groups = [{"params": [p for p in net.parameters() if id(p) not in in_policy], "lr": config.lr}]
     if policy:  # trained from scratch next to a fine-tuned network: its own learning rate
         groups.append({"params": policy, "lr": config.policy_lr or config.lr})
     optimiser = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
