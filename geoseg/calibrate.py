@@ -78,29 +78,37 @@ def cell_fractions(labels: np.ndarray, cells: tuple[int, int], n_classes: int) -
     return counts / np.maximum(known, 1)[:, None], known >= 0.5 * blocks.shape[1]
 
 
-@torch.inference_mode()
-def collect(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int,
-            autocast: bool, rng: np.random.Generator, progress=None) -> TileSet:
-    """Encode every calibration tile of the configs' ``split`` scenes (see the module docstring)."""
-    card, out = net.card, TileSet()
+def tile_batches(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int, progress=None):
+    """(config, scene name, prepared input (n, C, H, W), label tiles) for every batch of at most
+    ``_BATCH_TILES`` calibration tiles of the configs' ``split`` scenes, read at the model's GSD."""
+    found = False
     for config, root in configs:
-        config = config.model_copy(update={"gsd_m": card.gsd_m})
-        own_classes = config.classes == card.classes
-        building = config.building_classes
-        named = [c for i, c in enumerate(config.classes) if i not in building]
+        config = config.model_copy(update={"gsd_m": net.card.gsd_m})
         for scene in (s for s in load_scenes(config, root) if s.split == split):
             tiles = list(scene_tiles(scene, tile_px))  # all of one size: the grid moves the last tile back
             for start in range(0, len(tiles), _BATCH_TILES):
                 batch = tiles[start : start + _BATCH_TILES]
-                x = torch.from_numpy(np.stack([pixels for pixels, _ in batch]))
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    bottlenecks = net.encode(net.prepare(x))[-1].float()
-                for bottleneck, (_, labels) in zip(bottlenecks, batch):
-                    _add_tile(out, bottleneck, labels, config, building, named, own_classes, scene.name, rng)
+                found = True
+                yield config, scene.name, net.prepare(torch.from_numpy(np.stack([p for p, _ in batch]))), [l for _, l in batch]
                 if progress is not None:
                     progress.update(len(batch))
-    if not out.means:
+    if not found:
         raise GeosegError(f"no calibration tiles: the configs have no {split!r} scenes at least half labelled")
+
+
+@torch.inference_mode()
+def collect(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int,
+            autocast: bool, rng: np.random.Generator, progress=None) -> TileSet:
+    """Encode every calibration tile of the configs' ``split`` scenes (see the module docstring)."""
+    out = TileSet()
+    for config, name, x, labels in tile_batches(net, configs, split, tile_px, progress):
+        own_classes = config.classes == net.card.classes
+        building = config.building_classes
+        named = [c for i, c in enumerate(config.classes) if i not in building]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            bottlenecks = net.encode(x)[-1].float()
+        for bottleneck, tile_labels in zip(bottlenecks, labels):
+            _add_tile(out, bottleneck, tile_labels, config, building, named, own_classes, name, rng)
     return out
 
 
@@ -235,18 +243,9 @@ def policy_probabilities(net: SegBlocksModel, configs: list[tuple[TrainConfig, P
                          autocast: bool, progress=None) -> np.ndarray:
     """P(high resolution) of every block of every calibration tile, flat."""
     out = []
-    for config, root in configs:
-        config = config.model_copy(update={"gsd_m": net.card.gsd_m})
-        for scene in (s for s in load_scenes(config, root) if s.split == split):
-            tiles = [pixels for pixels, _ in scene_tiles(scene, tile_px)]
-            for start in range(0, len(tiles), _BATCH_TILES):
-                x = net.prepare(torch.from_numpy(np.stack(tiles[start : start + _BATCH_TILES])))
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    out.append(net.policy(x, net.grid(x)).flatten().numpy())
-                if progress is not None:
-                    progress.update(len(tiles[start : start + _BATCH_TILES]))
-    if not out:
-        raise GeosegError(f"no calibration tiles: the configs have no {split!r} scenes at least half labelled")
+    for _, _, x, _ in tile_batches(net, configs, split, tile_px, progress):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out.append(net.policy(x, net.grid(x)).flatten().numpy())
     return np.concatenate(out)
 
 

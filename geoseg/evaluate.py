@@ -53,17 +53,25 @@ def polygons_from_array(labels: np.ndarray, grid: Grid, value: int) -> gpd.GeoDa
     return gpd.GeoDataFrame(geometry=gpd.GeoSeries(geoms, crs=grid.crs))
 
 
-def spacenet_scores(predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame) -> dict:
-    """One-to-one greedy matching by IoU >= 0.5 (both frames in the same metric CRS)."""
+def overlapping_pairs(predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame) -> list[tuple[float, int, int]]:
+    """(IoU, predicted index, reference index) of every pair of polygons that intersect (same metric CRS)."""
     pred, ref = list(predicted.geometry), list(reference.geometry)
+    if not (pred and ref):
+        return []
+    left, right = shapely.STRtree(ref).query(pred, predicate="intersects")
     pairs = []
-    if pred and ref:
-        left, right = shapely.STRtree(ref).query(pred, predicate="intersects")
-        for i, j in zip(left.tolist(), right.tolist()):
-            inter = pred[i].intersection(ref[j]).area
-            iou = inter / (pred[i].area + ref[j].area - inter)
-            if iou >= MATCH_IOU:
-                pairs.append((iou, i, j))
+    for i, j in zip(left.tolist(), right.tolist()):
+        inter = pred[i].intersection(ref[j]).area
+        pairs.append((inter / (pred[i].area + ref[j].area - inter), i, j))
+    return pairs
+
+
+def spacenet_scores(predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame,
+                    pairs: list[tuple[float, int, int]] | None = None) -> dict:
+    """One-to-one greedy matching by IoU >= 0.5 (both frames in the same metric CRS); ``pairs`` from
+    :func:`overlapping_pairs` when already computed."""
+    pred, ref = list(predicted.geometry), list(reference.geometry)
+    pairs = [p for p in (overlapping_pairs(predicted, reference) if pairs is None else pairs) if p[0] >= MATCH_IOU]
     matched_pred, matched_ref = set(), set()
     for iou, i, j in sorted(pairs, reverse=True):
         if i not in matched_pred and j not in matched_ref:
@@ -80,16 +88,13 @@ def spacenet_scores(predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame) ->
 AP_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
-def ap_records(predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame) -> list[tuple[float, list[bool]]]:
+def ap_records(predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame,
+               pairs: list[tuple[float, int, int]] | None = None) -> list[tuple[float, list[bool]]]:
     """(score, [true positive at each AP_IOUS threshold]) per prediction, in decreasing score."""
-    pred, ref = list(predicted.geometry), list(reference.geometry)
     order = np.argsort(-predicted["score"].to_numpy(), kind="stable")
-    overlaps: dict[int, list[tuple[float, int]]] = {i: [] for i in range(len(pred))}
-    if pred and ref:
-        left, right = shapely.STRtree(ref).query(pred, predicate="intersects")
-        for i, j in zip(left.tolist(), right.tolist()):
-            inter = pred[i].intersection(ref[j]).area
-            overlaps[i].append((inter / (pred[i].area + ref[j].area - inter), j))
+    overlaps: dict[int, list[tuple[float, int]]] = {i: [] for i in range(len(predicted))}
+    for iou, i, j in overlapping_pairs(predicted, reference) if pairs is None else pairs:
+        overlaps[i].append((iou, j))
     taken = [set() for _ in AP_IOUS]
     records = []
     for i in order.tolist():
@@ -175,10 +180,12 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     inside = (rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
     on_valid = np.zeros(len(ref_polygons), bool)
     on_valid[inside] = valid[rows[inside], cols[inside]]
+    reference_kept = ref_polygons[on_valid].reset_index(drop=True)
+    pairs = overlapping_pairs(predicted, reference_kept)  # once, for the F1 matching and for AP
     result = {"prediction": str(prediction), "reference": str(reference), **pixel,
-              **spacenet_scores(predicted, ref_polygons[on_valid])}
+              **spacenet_scores(predicted, reference_kept, pairs)}
     if "score" in predicted.columns:
-        records = ap_records(predicted, ref_polygons[on_valid])
+        records = ap_records(predicted, reference_kept, pairs)
         result |= average_precision(records, int(on_valid.sum())) | {"ap_records": records}
     return result
 
