@@ -36,11 +36,13 @@ GEOTIFF_TYPES = (pystac.MediaType.GEOTIFF, pystac.MediaType.COG, "image/tiff")
 
 @dataclass(frozen=True)
 class SceneRef:
-    """One scene of a catalog: item id, absolute path (or URL) of its image asset, and the item's own href."""
+    """One scene of a catalog: item id, absolute path (or URL) of its image asset, the item's own href, and its
+    acquisition time (for the result catalog, so the item need not be read again)."""
 
     id: str
     href: str
     item_href: str | None = None
+    datetime: dt.datetime | None = None
 
 
 def _read_stac(path: str | os.PathLike):
@@ -66,7 +68,7 @@ def catalog_scenes(path: str | os.PathLike, asset: str | None = None, role: str 
     scenes = []
     for item in items:
         chosen = _choose_asset(item, asset, role)
-        scenes.append(SceneRef(item.id, chosen.get_absolute_href() or chosen.href, item.get_self_href()))
+        scenes.append(SceneRef(item.id, chosen.get_absolute_href() or chosen.href, item.get_self_href(), item.datetime))
     ids = [s.id for s in scenes]
     if len(set(ids)) != len(ids):
         raise GeosegError(f"catalog {path}: item ids are not unique ({sorted({i for i in ids if ids.count(i) > 1})[:5]})")

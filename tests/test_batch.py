@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pystac
 import pytest
 import rasterio
@@ -72,7 +71,8 @@ def test_catalog_build_run_and_result_catalog_round_trip_through_pystac_validati
         assert {"mask", "probability", "buildings-geojson", "buildings-parquet"} <= set(result.assets)
         with rasterio.open(result.assets["mask"].get_absolute_href()) as mask:
             assert mask.crs.to_epsg() == 32636
-        assert result.get_single_link("derived_from").href.endswith(f"{result.id}.json")
+        source = result.get_single_link("derived_from").href
+        assert source.endswith(f"{result.id}.json") and result.datetime == pystac.Item.from_file(source).datetime
     # moved with its scenes, the result catalog still resolves (relative hrefs)
     (tmp_path / "moved").mkdir()
     os.rename(tmp_path / "out", tmp_path / "moved" / "out")
@@ -80,16 +80,25 @@ def test_catalog_build_run_and_result_catalog_round_trip_through_pystac_validati
     assert Path(moved.assets["mask"].get_absolute_href()).exists()
 
 
-def test_rerun_skips_unchanged_scenes_and_redoes_a_changed_one(tmp_path):
+def test_rerun_skips_unchanged_scenes_and_redoes_a_changed_one(tmp_path, monkeypatch):
+    import geoseg.batch
+
     catalog = make_catalog(tmp_path, n=2)
     job = load_job(write_job(tmp_path, catalog))
     run_job(job, progress=False)
     first = manifest(tmp_path / "out")
     mtime = (tmp_path / "out" / "scene_0" / "mask.tif").stat().st_mtime_ns
+    with monkeypatch.context() as patch:  # unchanged size and mtime: the recorded checksums are trusted, no read
+        patch.setattr(geoseg.batch, "file_sha256", lambda path: pytest.fail(f"{path} was hashed again"))
+        assert [r["status"] for r in run_job(job, progress=False)["per_scene"]] == ["skipped", "skipped"]
+    os.utime(tmp_path / "scenes" / "scene_0.tif")  # touched, same bytes: hashed again, still the same scene
     generate_scene(tmp_path / "scenes" / "scene_1.tif", size_px=512, seed=99)  # the scene changed on disk
     summary = run_job(job, progress=False)
     assert [r["status"] for r in summary["per_scene"]] == ["skipped", "done"]
-    assert manifest(tmp_path / "out")["scene_0"] == first["scene_0"]
+    touched = manifest(tmp_path / "out")["scene_0"]
+    assert touched["input_mtime_ns"] != first["scene_0"]["input_mtime_ns"]  # recorded, so not hashed next time
+    assert {k: v for k, v in touched.items() if k != "input_mtime_ns"} == \
+        {k: v for k, v in first["scene_0"].items() if k != "input_mtime_ns"}
     assert (tmp_path / "out" / "scene_0" / "mask.tif").stat().st_mtime_ns == mtime
     assert manifest(tmp_path / "out")["scene_1"]["input_sha256"] != first["scene_1"]["input_sha256"]
 
