@@ -16,6 +16,8 @@ from pathlib import Path
 from .errors import GeosegError
 
 DEFAULT_MODEL = "buildings-unet-r18"
+#: architectures that give building instances (one polygon per building, an instance raster), not classes only
+INSTANCE_ARCHITECTURES = ("maskrcnn", "maskrcnn-light")
 
 
 @dataclass
@@ -23,7 +25,7 @@ class ModelCard:
     """What a model is and what it expects. ``gsd_m``: ground sample distance it was trained at (metres)."""
 
     name: str
-    architecture: str  # "unet", "fastscnn", "contextnet", "segblocks"
+    architecture: str  # "unet", "fastscnn", "contextnet", "segblocks", or one of INSTANCE_ARCHITECTURES
     encoder: str  # smp encoder name, e.g. "resnet18"
     classes: list[str]
     building_class: int  # index into classes
@@ -43,10 +45,10 @@ class ModelCard:
     # SegBlocks only: block side (px, divides the tile), the high-resolution fraction it was trained for, and
     # the policy's P(high) threshold that reaches each fraction on the training tiles ({"0.4": 0.53, ...}).
     block_px: int = 0
-    # Instance models only: detections scoring below this are dropped (0-1).
-    instance_score_threshold: float = 0.5
     tau: float = 0.4
     policy_thresholds: dict = field(default_factory=dict)
+    # Instance models only: detections scoring below this are dropped (0-1).
+    instance_score_threshold: float = 0.5
     trained: bool = False
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)

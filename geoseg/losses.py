@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .card import INSTANCE_ARCHITECTURES
 from .datasets import IGNORE
 from .nets.blocks_dynamic import BlockLayout
 from .nets.segblocks import block_means, reinforce_loss
@@ -38,7 +39,7 @@ def training_loss(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     """The loss to minimise for prepared inputs ``x`` and labels ``y`` (N, H, W) of the same size."""
     if net.card.architecture == "segblocks":
         return segblocks_loss(net, x, y)
-    if net.card.architecture.startswith("maskrcnn"):
+    if net.card.architecture in INSTANCE_ARCHITECTURES:
         return instance_loss(net, x, y)
     features = net.encode(x)
     loss = segmentation_loss(net.decode(features), y)

@@ -34,7 +34,8 @@ from .vectorise import metric_crs
 
 @dataclass
 class Instance:
-    """One detection in tile pixels: box (row0, col0) of ``mask`` (bool, cropped to the instance), score."""
+    """One detection in tile pixels: the top-left (row, col) of ``mask``, a bool array cropped to the instance's
+    bounding box (its first/last rows and columns hold mask pixels), and its score."""
 
     row_px: int
     col_px: int
@@ -71,11 +72,8 @@ class InstanceCollector:
         r0, r1, c0, c1 = self.owned[(tile.row_off, tile.col_off)]
         for inst in instances:
             self.seen += 1
-            rows, cols = np.nonzero(inst.mask)
-            if not len(rows):
-                continue
-            centre_r = tile.row_off + inst.row_px + (rows.min() + rows.max() + 1) / 2
-            centre_c = tile.col_off + inst.col_px + (cols.min() + cols.max() + 1) / 2
+            centre_r = tile.row_off + inst.row_px + inst.mask.shape[0] / 2  # the mask is its bounding box
+            centre_c = tile.col_off + inst.col_px + inst.mask.shape[1] / 2
             if r0 <= centre_r < r1 and c0 <= centre_c < c1:
                 self.kept.append(Instance(tile.row_off + inst.row_px, tile.col_off + inst.col_px, inst.mask, inst.score))
 

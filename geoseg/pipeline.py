@@ -16,7 +16,7 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,17 +28,13 @@ from tqdm import tqdm
 from . import __version__
 from .backends import Backend, BackendSpec, describe_backend, load_backend, resolve_spec
 from .errors import GeosegError
-from .card import ModelCard
+from .card import INSTANCE_ARCHITECTURES, ModelCard
 from .read import OpenedScene, SceneReader, open_scene
 from .stitch import StripStitcher, TilePrediction
 from .tile import Tile, batched, tile_grid
 from .merge_instances import InstanceCollector, instances_to_frame, write_instance_raster
 from .vectorise import building_pieces, pieces_to_frame
 from .write import VECTOR_FORMATS, discard, publish, write_cog, write_preview, write_vectors
-
-
-#: architectures whose backends return instances (one polygon per building, an instance raster)
-INSTANCE_ARCHITECTURES = ("maskrcnn", "maskrcnn-light")
 
 
 @dataclass

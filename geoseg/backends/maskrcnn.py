@@ -33,16 +33,15 @@ class _InstanceBackend(ArchitectureBackend):
 
 def tile_instances(detection: dict, h: int, w: int, score_threshold: float) -> list[Instance]:
     """Instances of one tile (masks > 0.5, inside the unpadded h x w tile, cropped to their boxes)."""
+    keep = detection["scores"] >= score_threshold
+    masks = (detection["masks"][keep, 0, :h, :w] > 0.5).cpu().numpy()  # one copy for the tile, not one per mask
     out = []
-    for mask, score in zip(detection["masks"][:, 0, :h, :w], detection["scores"]):
-        if score < score_threshold:
-            continue
-        binary = (mask > 0.5).cpu().numpy()
+    for binary, score in zip(masks, detection["scores"][keep].tolist()):
         rows, cols = np.nonzero(binary.any(1))[0], np.nonzero(binary.any(0))[0]
         if not len(rows):
             continue
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        out.append(Instance(int(r0), int(c0), binary[r0:r1, c0:c1], float(score)))
+        out.append(Instance(int(r0), int(c0), binary[r0:r1, c0:c1], score))
     return out
 
 

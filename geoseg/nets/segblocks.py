@@ -54,12 +54,17 @@ def _is_pass_through(module: nn.Module) -> bool:
     return isinstance(module, nn.Identity) or isinstance(inner, nn.Identity)
 
 
+def run_all(modules, b: Blocks) -> Blocks:
+    """Run modules one after the other on blocks."""
+    for module in modules:
+        b = run_blocks(module, b)
+    return b
+
+
 def run_blocks(module: nn.Module, b: Blocks) -> Blocks:
     """Run one module of the U-Net on blocks (Sequential containers and ResNet basic blocks recursively)."""
     if isinstance(module, nn.Sequential):
-        for child in module:
-            b = run_blocks(child, b)
-        return b
+        return run_all(module, b)
     if isinstance(module, nn.Conv2d):
         return conv(b, module)
     if isinstance(module, nn.BatchNorm2d):
@@ -71,7 +76,7 @@ def run_blocks(module: nn.Module, b: Blocks) -> Blocks:
     if _is_pass_through(module):
         return b
     if hasattr(module, "conv1") and hasattr(module, "bn2") and hasattr(module, "downsample"):  # ResNet BasicBlock
-        out = run_blocks(nn.Sequential(module.conv1, module.bn1, module.relu, module.conv2, module.bn2), b)
+        out = run_all((module.conv1, module.bn1, module.relu, module.conv2, module.bn2), b)
         identity = run_blocks(module.downsample, b) if module.downsample is not None else b
         return (out + identity).map(F.relu_)
     raise TypeError(f"no block version of {type(module).__name__}")
@@ -79,9 +84,9 @@ def run_blocks(module: nn.Module, b: Blocks) -> Blocks:
 
 def unet_on_blocks(encoder: nn.Module, decoder: nn.Module, head: nn.Module, x: Blocks) -> Blocks:
     """smp's ResNetEncoder.forward, UnetDecoder.forward and the head, step by step, on blocks."""
-    stem = run_blocks(nn.Sequential(encoder.conv1, encoder.bn1, encoder.relu), x)
+    stem = run_all((encoder.conv1, encoder.bn1, encoder.relu), x)
     features = [stem]
-    y = run_blocks(nn.Sequential(encoder.maxpool, encoder.layer1), stem)
+    y = run_all((encoder.maxpool, encoder.layer1), stem)
     features.append(y)
     for layer in (encoder.layer2, encoder.layer3, encoder.layer4):
         y = run_blocks(layer, y)
@@ -92,7 +97,7 @@ def unet_on_blocks(encoder: nn.Module, decoder: nn.Module, head: nn.Module, x: B
         y = upsample_nearest(y)
         if i < len(skips):
             y = run_blocks(block.attention1, cat(y, skips[i]))
-        y = run_blocks(nn.Sequential(block.conv1, block.conv2, block.attention2), y)
+        y = run_all((block.conv1, block.conv2, block.attention2), y)
     return run_blocks(head, y)
 
 
