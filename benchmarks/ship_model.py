@@ -2,6 +2,9 @@
 was made.
 
     python benchmarks/ship_model.py runs/NAME "geoseg train geoseg/configs/NAME.yaml -o runs/NAME" [--note TEXT] [--last]
+        [--to DIR]
+
+``--to``: write NAME.safetensors + card into DIR instead of the package (for runs that are compared, not shipped).
 
 ``--last``: ship the weights of the last epoch (``checkpoint.pt``) instead of the best one, with their
 validation figures measured again on the config's validation scenes (for runs whose selection metric could
@@ -17,7 +20,9 @@ run, command = Path(sys.argv[1]), sys.argv[2]
 note = sys.argv[sys.argv.index("--note") + 1] if "--note" in sys.argv else ""
 card = json.loads((run / "best.json").read_text())
 history = json.loads((run / "history.json").read_text())
-target = Path(__file__).resolve().parents[1] / "geoseg" / "models" / f"{card['name']}"
+folder = Path(sys.argv[sys.argv.index("--to") + 1]) if "--to" in sys.argv else Path(__file__).resolve().parents[1] / "geoseg" / "models"
+folder.mkdir(parents=True, exist_ok=True)
+target = folder / card["name"]
 if "--last" in sys.argv:
     import torch
 

@@ -23,7 +23,7 @@ from geoseg.instances import semantic_logits
 from geoseg.model import bf16_is_fast, load_model, use_bf16
 from geoseg.train import load_config, load_scenes, validate
 
-THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def main() -> None:
@@ -35,6 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     net, _ = load_model(args.model)
     card = net.card
+    net.detector.roi_heads.score_thresh = min(THRESHOLDS)  # the card's own threshold would hide lower ones
     config, root = load_config(args.config)
     tiles = [t for s in load_scenes(config, root) if s.split == "train" for t in scene_tiles(s, 512)]
     rng = np.random.default_rng(0)

@@ -28,6 +28,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "fastscnn, contextnet, segblocks, maskrcnn-light, maskrcnn")
     p.add_argument("--tau", type=float, default=None,
                    help="segblocks: fraction of blocks processed at full resolution, 0-1 (default: the model's)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="maskrcnn-light/maskrcnn: keep detections scoring at least this, 0-1 (default: the model's)")
     p.add_argument("--model", default=None, help="model name shipped with geoseg, or path to NAME.safetensors")
     p.add_argument("--tile", type=int, default=512, dest="tile_px", help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, dest="overlap_px", help="tile overlap in pixels (default 64)")
@@ -109,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     best = train(args.config, args.out, resume=args.resume, data_root=args.data_root, seed=args.seed,
-                 progress=not args.quiet, stop_after_epochs=args.stop_after, threads=args.threads)
+                 progress=not args.quiet, stop_after_epochs=args.stop_after, threads=args.threads, epochs=args.epochs)
     print(f"best epoch {best['epoch']}: building IoU {best['building_iou']}, mean IoU {best['mean_iou']}; "
           f"model in {Path(args.out) / 'best.safetensors'} (+ .json card)")
     return 0
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     tr.add_argument("--data-root", default=None, help="override the config's data_root")
     tr.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    tr.add_argument("--epochs", type=int, default=None, help="override the config's epochs (the schedule spans them)")
     tr.add_argument("--stop-after", type=int, default=None, help="stop after N epochs of this call (resume later)")
     tr.add_argument("--threads", type=int, default=None, help="torch threads for this run (default: the config's, else all cores)")
     tr.add_argument("--quiet", action="store_true")

@@ -46,6 +46,7 @@ class RunOptions:
     device: str = "cpu"
     precision: str = "auto"
     tau: float | None = None  # SegBlocks: fraction of blocks at full resolution; None: the card's
+    score_threshold: float | None = None  # instance backends: lowest detection score kept (0-1); None: the card's
     tile_px: int = 512
     overlap_px: int = 64
     batch_tiles: int = 4
@@ -198,7 +199,7 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     if unknown:
         raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
     spec: BackendSpec | Backend = backend or resolve_spec(BackendSpec(opts.backend, opts.model, opts.device,
-                                                                      opts.precision, opts.tau))
+                                                                      opts.precision, opts.tau, opts.score_threshold))
     if backend is not None:
         card, sha256 = backend.card, backend.model_sha256
     else:
@@ -317,7 +318,8 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
             "stitch": round(stitch_s, 2), "vectorise": round(vectorise_s, 2), "write": round(write_s, 2),
         },
         **_segblocks_summary(card, opts, backend_counts),
-        **({"instances_detected": collector.seen, "instances_kept": len(frame)} if collector is not None else {}),
+        **({"instances_detected": collector.seen, "instances_kept": len(frame),
+            "instance_score_threshold": card.instance_score_threshold} if collector is not None else {}),
         "buildings": len(frame),
         **(separator if card.separator_class is not None else {}),
         "min_area_m2": opts.min_area_m2,

@@ -237,16 +237,19 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
           data_root: str | None = None, seed: int | None = None, progress: bool = True,
-          stop_after_epochs: int | None = None, threads: int | None = None) -> dict:
+          stop_after_epochs: int | None = None, threads: int | None = None, epochs: int | None = None) -> dict:
     """Train as the config says; returns the best validation metrics so far. See the module docstring.
 
     ``stop_after_epochs``: return after that many epochs of this call (resume later with ``resume=True``);
     the result is the same as one uninterrupted run. ``threads`` overrides the config's torch threads for this
     call only (two trainings side by side need one thread each: oversubscribed OpenMP threads spin and crawl).
+    ``seed`` and ``epochs`` override the config's (recorded in the card like every config value).
     """
     config, root = load_config(config_path)
     if seed is not None:
         config.seed = seed
+    if epochs is not None:
+        config.epochs = epochs
     root = Path(data_root).resolve() if data_root else root
     if not root.is_dir():
         raise GeosegError(f"data_root {root} does not exist")

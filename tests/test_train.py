@@ -42,6 +42,14 @@ def test_short_training_gives_a_loadable_model_whose_loss_went_down(tmp_path):
     assert [e["train_loss"] for e in sliced] == [e["train_loss"] for e in history]
 
 
+@needs_shared_data()
+def test_epochs_override_spans_the_schedule_and_is_recorded_in_the_card(tmp_path):
+    train(tiny_config(tmp_path, steps_per_epoch=2), tmp_path / "run", progress=False, epochs=1)
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 1
+    net, _ = load_model(str(tmp_path / "run" / "best.safetensors"))
+    assert net.card.training["config_values"]["epochs"] == 1
+
+
 def test_config_errors_name_the_field(tmp_path):
     path = tiny_config(tmp_path, crop_px=100)
     with pytest.raises(GeosegError, match="crop_px: .*multiple of 32"):

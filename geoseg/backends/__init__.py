@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import GeosegError
-from ..card import ModelCard, file_sha256, resolve_model_path
+from ..card import INSTANCE_ARCHITECTURES, ModelCard, file_sha256, resolve_model_path
 from ..gate import gate_path, load_gate
 
 #: name -> "module:Class"
@@ -60,13 +60,15 @@ class Backend(Protocol):
 class BackendSpec:
     """What a worker needs to build a backend: registry name, model (name or path), torch device, precision
     ("auto": bf16 autocast where the hardware makes it faster, else fp32), and for SegBlocks ``tau``, the
-    fraction of blocks at full resolution (None: the card's)."""
+    fraction of blocks at full resolution (None: the card's); for instance backends ``score_threshold``, the
+    lowest detection score kept, 0-1 (None: the card's ``instance_score_threshold``)."""
 
     name: str = AUTO
     model: str | None = None
     device: str = "cpu"
     precision: str = "auto"
     tau: float | None = None
+    score_threshold: float | None = None
 
 
 def backend_class(name: str):
@@ -106,6 +108,10 @@ def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
         if spec.name != "segblocks":
             raise GeosegError(f"--tau applies to --backend segblocks only, not {spec.name}")
         check_tau(spec.tau)
+    if spec.score_threshold is not None:
+        if card.architecture not in INSTANCE_ARCHITECTURES:
+            raise GeosegError(f"--score-threshold applies to instance models only, not {card.name} ({card.architecture})")
+        card.instance_score_threshold = check_score_threshold(spec.score_threshold)
     return card, sha256
 
 
@@ -115,9 +121,15 @@ def check_tau(tau: float) -> float:
     return tau
 
 
+def check_score_threshold(score: float) -> float:
+    if not 0 <= score <= 1:
+        raise GeosegError(f"--score-threshold {score}: a detection score threshold must be in [0, 1]")
+    return score
+
+
 @functools.lru_cache(maxsize=4)
 def load_backend(spec: BackendSpec) -> Backend:
     """Build (once per process) the backend a spec names."""
     spec = resolve_spec(spec)
-    extra = {"tau": spec.tau} if spec.tau is not None else {}
+    extra = {k: v for k, v in (("tau", spec.tau), ("score_threshold", spec.score_threshold)) if v is not None}
     return backend_class(spec.name)(model=spec.model, device=spec.device, precision=spec.precision, **extra)

@@ -12,11 +12,18 @@ import torch
 
 from ..instances import semantic_logits
 from ..merge_instances import Instance
-from . import BatchPrediction
+from . import BatchPrediction, check_score_threshold
 from .unet import ArchitectureBackend
 
 
 class _InstanceBackend(ArchitectureBackend):
+    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto",
+                 score_threshold: float | None = None):
+        super().__init__(model=model, device=device, precision=precision)
+        if score_threshold is not None:
+            self.card.instance_score_threshold = check_score_threshold(score_threshold)
+            self.net.detector.roi_heads.score_thresh = score_threshold  # before the mask branch, as the card's
+
     @torch.inference_mode()
     def predict(self, pixels: np.ndarray) -> BatchPrediction:
         h, w = pixels.shape[-2:]
