@@ -138,8 +138,9 @@ class InstanceModel(GeoModel):
 
         self.card = card
         depth = int(card.encoder.removeprefix("resnet") or 18)
+        # detections under the card's threshold are dropped before the mask branch, which then runs on fewer RoIs
         self.detector = build_maskrcnn(self.DESIGNS[card.architecture], depth, len(card.bands), 2, tile_px=512,
-                                       _skip_resize=True)
+                                       box_score_thresh=card.instance_score_threshold, _skip_resize=True)
 
     def detect(self, x: torch.Tensor) -> list[dict]:
         return self.detector(list(x))

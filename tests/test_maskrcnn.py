@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from geoseg.nets.maskrcnn import SeparatedLargeKernel, build_maskrcnn
+from geoseg.nets.maskrcnn import SeparatedLargeKernel, build_maskrcnn, light_widths
 
 
 @pytest.mark.parametrize("size", [(31, 32), (32, 31), (17, 17), (40, 64)])
@@ -41,7 +41,13 @@ def test_both_designs_give_boxes_and_masks_in_tile_coordinates(design):
     assert len(out) == 2 and out[1]["masks"].shape[-2:] == (200, 256)
     assert out[0]["boxes"].shape[1] == 4 and len(out[0]["scores"]) == len(out[0]["labels"]) == len(out[0]["masks"])
     light = design == "light"
-    assert net.backbone.out_channels == 256 and isinstance(net.backbone[-2], SeparatedLargeKernel) == light
+    assert net.backbone.out_channels == (64 if light else 256) and isinstance(net.backbone[-2], SeparatedLargeKernel) == light
+
+
+def test_light_widths_are_the_papers_on_a_resnet50_and_cut_its_parameters_by_about_40_percent():
+    assert light_widths(50) == ((256, 256), (256, 512)) and light_widths(18) == ((64, 64), (64, 128))
+    params = {design: sum(p.numel() for p in build_maskrcnn(design, depth=50).parameters()) for design in ("baseline", "light")}
+    assert 0.35 < 1 - params["light"] / params["baseline"] < 0.45  # the paper: "nearly 40 % parameters are decreased"
 
 
 def test_instances_from_labels_split_touching_buildings_along_the_separator():
@@ -161,3 +167,35 @@ def test_mask_ap_of_a_constructed_case():
     # at IoU 0.5-0.7: precision 2/3 up to recall 1; above: 1/2 up to recall 1/2 (51 of the 101 recall points)
     expected = (5 * 2 / 3 + 5 * 0.5 * 51 / 101) / 10
     assert result["mask_ap50"] == pytest.approx(2 / 3, abs=1e-4) and result["mask_ap"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_score_threshold_is_checked_before_any_work_and_decides_which_detections_are_kept(tmp_path, fast_options):
+    import dataclasses
+
+    import numpy as np
+
+    from geoseg.card import ModelCard
+    from geoseg.errors import GeosegError
+    from geoseg.model import build_model, save_model
+    from geoseg.pipeline import run_scene
+
+    from conftest import write_scene
+
+    card = ModelCard(name="t", architecture="maskrcnn-light", encoder="resnet18", classes=["background", "building"],
+                     building_class=1, bands=["red", "green", "blue"], gsd_m=0.3)
+    torch.manual_seed(0)
+    save_model(build_model(card).eval(), tmp_path / "m.safetensors", half=False)
+    scene = write_scene(tmp_path / "scene.tif", np.random.default_rng(0).integers(0, 255, (3, 128, 128), np.uint8))
+    options = dataclasses.replace(fast_options, backend="maskrcnn-light", model=str(tmp_path / "m.safetensors"),
+                                  formats=["geojson"])
+    bad = {r"score-threshold 1\.5": dict(score_threshold=1.5),
+           "instance models only": dict(backend="unet", model=None, score_threshold=0.5)}
+    for message, changes in bad.items():
+        with pytest.raises(GeosegError, match=message):
+            run_scene(scene, tmp_path / "bad", dataclasses.replace(options, **changes))
+    assert not (tmp_path / "bad").exists()
+    # an untrained detector scores everything near 0.5: all of its detections at 0, none at 1
+    everything = run_scene(scene, tmp_path / "all", dataclasses.replace(options, score_threshold=0.0))
+    nothing = run_scene(scene, tmp_path / "none", dataclasses.replace(options, score_threshold=1.0))
+    assert everything["instances_detected"] > 0 and everything["instance_score_threshold"] == 0.0
+    assert nothing["instances_detected"] == nothing["buildings"] == 0 and nothing["instance_score_threshold"] == 1.0
