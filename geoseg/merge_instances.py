@@ -21,15 +21,13 @@ from dataclasses import dataclass
 import geopandas as gpd
 import numpy as np
 import rasterio
-import shapely
 from affine import Affine
-from pyproj import CRS as ProjCRS
 from rasterio.features import shapes
 from shapely.geometry import shape
 
 from .read import Grid
 from .tile import Tile
-from .vectorise import metric_crs
+from .vectorise import georeference
 
 
 @dataclass
@@ -82,27 +80,15 @@ def instances_to_frame(instances: list[Instance], grid: Grid, gsd_m: float, min_
                        simplify_m: float = 0.0) -> tuple[gpd.GeoDataFrame, list[Instance]]:
     """Polygons (the largest part of each mask) in the grid's CRS with id, score, area_m2; and the instances
     kept, in id order (id = position + 1)."""
-    crs = ProjCRS.from_wkt(grid.crs_wkt)
     ordered = sorted(instances, key=lambda i: (i.row_px, i.col_px, -i.score))
     polygons = []
     for inst in ordered:
         parts = [shape(g) for g, v in shapes(inst.mask.astype(np.uint8), mask=inst.mask, connectivity=4,
                                               transform=Affine.translation(inst.col_px, inst.row_px)) if v]
         polygons.append(max(parts, key=lambda p: p.area))
-    if simplify_m > 0 and polygons:
-        polygons = list(shapely.simplify(polygons, simplify_m / gsd_m, preserve_topology=True))
-    t = grid.transform
-    geoms = [shapely.affinity.affine_transform(p, [t.a, t.b, t.d, t.e, t.c, t.f]) for p in polygons]
-    frame = gpd.GeoDataFrame({"score": [round(i.score, 4) for i in ordered]}, geometry=gpd.GeoSeries(geoms, crs=crs))
-    if len(frame):
-        frame["area_m2"] = frame.geometry.to_crs(metric_crs(crs, frame)).area.round(2)
-        keep = (frame["area_m2"] >= min_area_m2).to_numpy()
-        frame = frame[keep].reset_index(drop=True)
-        ordered = [inst for inst, k in zip(ordered, keep) if k]
-    else:
-        frame["area_m2"] = np.array([], dtype=float)
-    frame.insert(0, "id", np.arange(1, len(frame) + 1, dtype=np.int64))
-    return frame, ordered
+    frame, keep = georeference(polygons, {"score": [round(i.score, 4) for i in ordered]}, grid, gsd_m, min_area_m2,
+                               simplify_m)
+    return frame, [inst for inst, k in zip(ordered, keep) if k]
 
 
 def write_instance_raster(instances: list[Instance], grid: Grid, valid_path: str, path: str, strip_px: int = 1024) -> None:
@@ -111,17 +97,16 @@ def write_instance_raster(instances: list[Instance], grid: Grid, valid_path: str
     nodata = np.iinfo(np.uint32).max
     profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="uint32", crs=grid.crs,
                    transform=grid.transform, tiled=True, blockxsize=256, blockysize=256, nodata=nodata)
-    by_score = sorted(range(len(instances)), key=lambda i: instances[i].score)
+    by_score = np.array(sorted(range(len(instances)), key=lambda i: instances[i].score), dtype=np.int64)
+    first_row = np.array([instances[i].row_px for i in by_score], dtype=np.int64)
+    end_row = first_row + np.array([instances[i].mask.shape[0] for i in by_score], dtype=np.int64)
     with rasterio.open(valid_path) as valid_ds, rasterio.open(path, "w", **profile) as dst:
         for top in range(0, grid.height, strip_px):
             bottom = min(top + strip_px, grid.height)
             strip = np.zeros((bottom - top, grid.width), np.uint32)
-            for i in by_score:
+            for i in by_score[(first_row < bottom) & (end_row > top)].tolist():  # only those in the strip
                 inst = instances[i]
-                h, w = inst.mask.shape
-                r0, r1 = max(inst.row_px, top), min(inst.row_px + h, bottom)
-                if r0 >= r1:
-                    continue
+                r0, r1 = max(inst.row_px, top), min(inst.row_px + inst.mask.shape[0], bottom)
                 sub = inst.mask[r0 - inst.row_px : r1 - inst.row_px, : grid.width - inst.col_px]
                 target = strip[r0 - top : r1 - top, inst.col_px : inst.col_px + sub.shape[1]]
                 target[sub] = i + 1

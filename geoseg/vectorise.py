@@ -179,27 +179,34 @@ def metric_crs(crs: ProjCRS, gdf: gpd.GeoDataFrame) -> ProjCRS:
     return gdf.estimate_utm_crs()
 
 
+def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
+                 simplify_m: float = 0.0) -> tuple[gpd.GeoDataFrame, np.ndarray]:
+    """Polygons in grid pixel coordinates (with per-polygon ``columns``) to a GeoDataFrame in the grid's CRS:
+    simplified by ``simplify_m`` (metres, applied in pixels), ``area_m2`` added, those under ``min_area_m2``
+    dropped, ``id`` 1..n in the given order. Also returns which input polygons were kept (bool array)."""
+    crs = ProjCRS.from_wkt(grid.crs_wkt)
+    if simplify_m > 0 and polygons_px:
+        polygons_px = list(shapely.simplify(polygons_px, simplify_m / gsd_m, preserve_topology=True))
+    t = grid.transform
+    geoms = [shapely.affinity.affine_transform(p, [t.a, t.b, t.d, t.e, t.c, t.f]) for p in polygons_px]
+    frame = gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(geoms, crs=crs))
+    keep = np.ones(len(frame), bool)
+    if len(frame):
+        frame["area_m2"] = frame.geometry.to_crs(metric_crs(crs, frame)).area.round(2)
+        keep = (frame["area_m2"] >= min_area_m2).to_numpy()
+        frame = frame[keep].reset_index(drop=True)
+    else:
+        frame["area_m2"] = np.array([], dtype=float)
+    frame.insert(0, "id", np.arange(1, len(frame) + 1, dtype=np.int64))
+    return frame, keep
+
+
 def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
                     simplify_m: float = 0.0) -> gpd.GeoDataFrame:
     """Georeference pieces: GeoDataFrame in the grid's CRS with ``id``, ``confidence``, ``area_m2``.
 
     ``id`` is 1..n in order of each polygon's top-left pixel (row, then column), stable for the same mask.
     """
-    crs = ProjCRS.from_wkt(grid.crs_wkt)
     pieces = sorted(pieces, key=lambda p: (p.polygon.bounds[1], p.polygon.bounds[0]))
-    polygons = [p.polygon for p in pieces]
-    if simplify_m > 0 and polygons:
-        polygons = list(shapely.simplify(polygons, simplify_m / gsd_m, preserve_topology=True))
-    t = grid.transform
-    geoms = [shapely.affinity.affine_transform(p, [t.a, t.b, t.d, t.e, t.c, t.f]) for p in polygons]
-    frame = gpd.GeoDataFrame(
-        {"confidence": [round(p.probability_sum / p.pixels / 255.0, 4) for p in pieces]},
-        geometry=gpd.GeoSeries(geoms, crs=crs),
-    )
-    if len(frame):
-        frame["area_m2"] = frame.geometry.to_crs(metric_crs(crs, frame)).area.round(2)
-        frame = frame[frame["area_m2"] >= min_area_m2].reset_index(drop=True)
-    else:
-        frame["area_m2"] = np.array([], dtype=float)
-    frame.insert(0, "id", np.arange(1, len(frame) + 1, dtype=np.int64))
-    return frame
+    confidence = [round(p.probability_sum / p.pixels / 255.0, 4) for p in pieces]
+    return georeference([p.polygon for p in pieces], {"confidence": confidence}, grid, gsd_m, min_area_m2, simplify_m)[0]
