@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--write-card", action="store_true")
     args = parser.parse_args()
     net, _ = load_model(args.model)
+    net.set_score_threshold(min(THRESHOLDS))  # the card's own threshold would hide lower ones
     card = net.card
-    net.detector.roi_heads.score_thresh = min(THRESHOLDS)  # the card's own threshold would hide lower ones
     config, root = load_config(args.config)
     tiles = [t for s in load_scenes(config, root) if s.split == "train" for t in scene_tiles(s, 512)]
     rng = np.random.default_rng(0)

@@ -142,6 +142,12 @@ class InstanceModel(GeoModel):
         self.detector = build_maskrcnn(self.DESIGNS[card.architecture], depth, len(card.bands), 2, tile_px=512,
                                        box_score_thresh=card.instance_score_threshold, _skip_resize=True)
 
+    def set_score_threshold(self, score: float) -> None:
+        """Keep detections scoring at least ``score`` (0-1), in the card and in the detector, which drops the
+        others before its mask branch."""
+        self.card.instance_score_threshold = score
+        self.detector.roi_heads.score_thresh = score
+
     def detect(self, x: torch.Tensor) -> list[dict]:
         return self.detector(list(x))
 

@@ -318,7 +318,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
             "stitch": round(stitch_s, 2), "vectorise": round(vectorise_s, 2), "write": round(write_s, 2),
         },
         **_segblocks_summary(card, opts, backend_counts),
-        **({"instances_detected": collector.seen, "instances_kept": len(frame),
+        **({"instances_detected": collector.seen, "instances_kept": len(collector.kept),  # before min_area_m2
             "instance_score_threshold": card.instance_score_threshold} if collector is not None else {}),
         "buildings": len(frame),
         **(separator if card.separator_class is not None else {}),

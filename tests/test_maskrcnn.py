@@ -1,4 +1,5 @@
-"""Light Mask R-CNN groundwork: the separated large-kernel block and both model designs."""
+"""Light and baseline Mask R-CNN: the separated large-kernel block, both designs and their widths, training
+targets, saving shared heads, instances merged across tiles in the pipeline, mask AP, the score threshold."""
 
 import pytest
 import torch
@@ -199,3 +200,28 @@ def test_score_threshold_is_checked_before_any_work_and_decides_which_detections
     nothing = run_scene(scene, tmp_path / "none", dataclasses.replace(options, score_threshold=1.0))
     assert everything["instances_detected"] > 0 and everything["instance_score_threshold"] == 0.0
     assert nothing["instances_detected"] == nothing["buildings"] == 0 and nothing["instance_score_threshold"] == 1.0
+
+
+def test_instance_raster_is_the_same_written_in_one_strip_or_many(tmp_path):
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from geoseg.merge_instances import Instance, write_instance_raster
+    from geoseg.read import Grid
+
+    from conftest import write_scene
+
+    grid = Grid(CRS.from_epsg(32636).to_wkt(), Affine(0.3, 0, 452_000.0, 0, -0.3, 40_000.0), 50, 70)
+    valid = write_scene(tmp_path / "valid.tif", np.ones((1, 70, 50), np.uint8), nodata=0)
+    rng = np.random.default_rng(0)
+    instances = [Instance(int(r), int(c), rng.random((int(h), int(w))) > 0.3, float(s))
+                 for r, c, h, w, s in zip(rng.integers(0, 60, 40), rng.integers(0, 40, 40), rng.integers(1, 25, 40),
+                                          rng.integers(1, 10, 40), rng.random(40))]
+    rasters = []
+    for strip_px in (1024, 7):  # one strip; ten strips, instances crossing several of them
+        write_instance_raster(instances, grid, str(valid), str(tmp_path / f"ids{strip_px}.tif"), strip_px=strip_px)
+        with rasterio.open(tmp_path / f"ids{strip_px}.tif") as ds:
+            rasters.append(ds.read(1))
+    assert np.array_equal(*rasters) and len(np.unique(rasters[0])) > 20

@@ -43,7 +43,7 @@ def test_short_training_gives_a_loadable_model_whose_loss_went_down(tmp_path):
 
 
 @needs_shared_data()
-def test_epochs_override_spans_the_schedule_and_is_recorded_in_the_card(tmp_path):
+def test_epochs_override_sets_the_epochs_run_and_is_recorded_in_the_card(tmp_path):
     train(tiny_config(tmp_path, steps_per_epoch=2), tmp_path / "run", progress=False, epochs=1)
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 1
     net, _ = load_model(str(tmp_path / "run" / "best.safetensors"))

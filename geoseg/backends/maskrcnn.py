@@ -21,8 +21,7 @@ class _InstanceBackend(ArchitectureBackend):
                  score_threshold: float | None = None):
         super().__init__(model=model, device=device, precision=precision)
         if score_threshold is not None:
-            self.card.instance_score_threshold = check_score_threshold(score_threshold)
-            self.net.detector.roi_heads.score_thresh = score_threshold  # before the mask branch, as the card's
+            self.net.set_score_threshold(check_score_threshold(score_threshold))
 
     @torch.inference_mode()
     def predict(self, pixels: np.ndarray) -> BatchPrediction:

@@ -82,9 +82,10 @@ class C4Backbone(nn.Sequential):
 
 
 class LightRoIHead(nn.Module):
-    """Two 3x3 convolutions (256, 512) with ReLU on 14x14 RoI features; shared by box and mask branches."""
+    """Two 3x3 convolutions (``channels``, the paper's 256 and 512 on a ResNet-50) with ReLU on 14x14 RoI
+    features; shared by box and mask branches."""
 
-    def __init__(self, in_channels: int, channels: tuple[int, int] = (256, 512)):
+    def __init__(self, in_channels: int, channels: tuple[int, int]):
         super().__init__()
         self.convs = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.ReLU(inplace=True),
                                    nn.Conv2d(channels[0], channels[1], 3, padding=1), nn.ReLU(inplace=True))
@@ -95,28 +96,23 @@ class LightRoIHead(nn.Module):
 
 
 def build_maskrcnn(design: str, depth: int = 18, in_channels: int = 3, num_classes: int = 2, tile_px: int = 512,
-                   mean: list[float] | None = None, std: list[float] | None = None,
-                   large_kernel_channels: tuple[int, int] | None = None, head_channels: tuple[int, int] | None = None,
-                   **kwargs) -> MaskRCNN:
-    """The ``baseline`` or ``light`` Mask R-CNN (module docstring); the light design's widths default to
-    :func:`light_widths`; ``kwargs`` go to torchvision's MaskRCNN."""
+                   mean: list[float] | None = None, std: list[float] | None = None, **kwargs) -> MaskRCNN:
+    """The ``baseline`` or ``light`` Mask R-CNN (module docstring; the light widths are :func:`light_widths`);
+    ``kwargs`` go to torchvision's MaskRCNN."""
     if design not in ("baseline", "light"):
         raise ValueError(f"design {design!r}: choose baseline or light")
-    large_kernel_channels = large_kernel_channels or light_widths(depth)[0]
-    head_channels = head_channels or light_widths(depth)[1]
-    backbone = C4Backbone(depth, in_channels, large_kernel=tuple(large_kernel_channels) if design == "light" else None)
+    large_kernel, head = light_widths(depth)
+    backbone = C4Backbone(depth, in_channels, large_kernel=large_kernel if design == "light" else None)
     anchors = AnchorGenerator((ANCHOR_SIZES_PX,), (ASPECT_RATIOS,))
     pool = MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=2)
     if design == "light":
-        trunk = LightRoIHead(backbone.out_channels, tuple(head_channels))
+        trunk = LightRoIHead(backbone.out_channels, head)
         box_head = nn.Sequential(trunk, nn.AvgPool2d(7, 7), nn.Flatten())
-        box_features, mask_head = 2 * 2 * trunk.out_channels, trunk
-    else:
-        c5 = backbone.c5
-        box_head = nn.Sequential(c5, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        box_features, mask_head = c5[-1].conv2.out_channels if depth < 50 else c5[-1].conv3.out_channels, c5
+        box_features, mask_head, mask_in = 2 * 2 * trunk.out_channels, trunk, trunk.out_channels
+    else:  # C5 doubles C4's channels (512 on a ResNet-18, 2048 on a ResNet-50)
+        box_head = nn.Sequential(backbone.c5, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        box_features, mask_head, mask_in = 2 * c4_channels(depth), backbone.c5, 2 * c4_channels(depth)
     del backbone.c5  # the head holds it now (baseline) or it is not used (light)
-    mask_in = trunk.out_channels if design == "light" else box_features
     # fewer proposals and sampled RoIs than torchvision's COCO defaults (2000/2000, 512 RoIs per image): a 512 px
     # tile holds tens of buildings, and on CPU the RoI head's cost is proportional to them
     defaults = dict(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
