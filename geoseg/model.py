@@ -216,9 +216,12 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 def bf16_is_fast(device: str = "cpu") -> bool:
     """bf16 autocast pays off on CUDA and on CPUs with AMX or AVX512-BF16 (2.9x measured on an AMX Xeon);
-    elsewhere it is slower than fp32."""
+    elsewhere it is slower than fp32. On a CPU, torch must also dispatch its AVX512 kernels: with
+    ``ATEN_CPU_CAPABILITY=avx2`` (how a machine without AVX512 is imitated on one that has it) the answer is no."""
     if device.startswith("cuda"):
         return True
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
