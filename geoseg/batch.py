@@ -25,7 +25,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -42,8 +41,11 @@ from .errors import GeosegError
 from .gate import gate_path
 from .job import Job, job_client
 from .pipeline import RunOptions, run_scene
+from .write import safe_folder_name
 
 MANIFEST, LOCK = "manifest.json", ".geoseg-job.lock"
+#: names in a job's output folder that belong to the job itself: no scene folder may take one
+JOB_FILES = frozenset({MANIFEST, LOCK, "summary.json", "summary.md", "stac"})
 MEDIA_TYPES = {".tif": pystac.MediaType.COG, ".geojson": pystac.MediaType.GEOJSON,
                ".gpkg": "application/geopackage+sqlite3", ".parquet": "application/vnd.apache.parquet",
                ".shp": "application/vnd.shp", ".png": pystac.MediaType.PNG, ".json": pystac.MediaType.JSON}
@@ -57,6 +59,7 @@ def run_job(job: Job, progress: bool = True) -> dict:
     with _lock(out):
         _remove_partials(out)
         scenes = catalog_scenes(job.catalog, job.asset, job.asset_role)
+        folders = scene_folders(scenes)
         spec = resolve_spec(BackendSpec(job.backend, job.model, job.device, job.precision, job.tau, job.score_threshold))
         card, model_sha256 = describe_backend(spec)
         provenance = {"geoseg:version": __version__, "geoseg:model": card.name, "geoseg:model_sha256": model_sha256,
@@ -67,14 +70,14 @@ def run_job(job: Job, progress: bool = True) -> dict:
         with job_client(job.cluster) as client:
             options = _run_options(job, spec, None if client is None else client.scheduler.address)
             for scene in tqdm(scenes, desc=job.name, unit="scene", disable=not progress, file=sys.stderr):
-                row = _one_scene(scene, out, options, job.retries, manifest, model_sha256, settings)
+                row = _one_scene(scene, folders[scene.id], out, options, job.retries, manifest, model_sha256, settings)
                 rows.append(row)
                 entry = {k: v for k, v in row.items() if k not in ("status", "reason")}
                 entry["status"] = "done" if row["status"] == "skipped" else row["status"]
                 if entry != manifest.get(scene.id):  # a skipped scene may have been touched: its new mtime
                     manifest[scene.id] = entry
                     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        _write_result_catalog(out, job, scenes, manifest, provenance)
+        _write_result_catalog(out, job, scenes, folders, manifest, provenance)
         summary = {"job": job.name, "catalog": job.catalog, "output": str(out), **provenance,
                    "scenes": len(rows), "done": sum(r["status"] == "done" for r in rows),
                    "skipped": sum(r["status"] == "skipped" for r in rows),
@@ -85,10 +88,21 @@ def run_job(job: Job, progress: bool = True) -> dict:
     return summary
 
 
-def _one_scene(scene: SceneRef, out: Path, options: RunOptions, retries: int, manifest: dict, model_sha256: str,
-               settings: str) -> dict:
-    row = {"scene": scene.id, "input": scene.href, "item": scene.item_href, "model_sha256": model_sha256,
-           "settings": settings}
+def scene_folders(scenes: list[SceneRef]) -> dict[str, str]:
+    """Item id -> output folder name: safe, never one of the job's own files, different for every item (the
+    catalog's ids are unique; ids that clean to the same text get hashes, see ``safe_folder_name``)."""
+    folders = {scene.id: safe_folder_name(scene.id, JOB_FILES) for scene in scenes}
+    lowered = [f.lower() for f in folders.values()]
+    if len(set(lowered)) != len(lowered):
+        clash = sorted(i for i, f in folders.items() if lowered.count(f.lower()) > 1)
+        raise GeosegError(f"item ids {', '.join(map(repr, clash[:4]))} would share one output folder; rename one")
+    return folders
+
+
+def _one_scene(scene: SceneRef, folder_name: str, out: Path, options: RunOptions, retries: int, manifest: dict,
+               model_sha256: str, settings: str) -> dict:
+    row = {"scene": scene.id, "folder": folder_name, "input": scene.href, "item": scene.item_href,
+           "model_sha256": model_sha256, "settings": settings}
     before = manifest.get(scene.id, {})
     try:
         row.update(_input_identity(Path(scene.href), before))
@@ -96,15 +110,15 @@ def _one_scene(scene: SceneRef, out: Path, options: RunOptions, retries: int, ma
         return row | {"status": "failed", "error": f"{scene.href}: cannot read ({err.strerror or err})", "attempts": 0}
     same = {k: before.get(k) for k in ("input_sha256", "model_sha256", "settings")} == \
            {k: row[k] for k in ("input_sha256", "model_sha256", "settings")}
-    folder = out / _folder_name(scene.id)
-    if before.get("status") == "done" and same and all((folder / name).exists() for name in before.get("outputs", [])):
-        return {**before, "input_size": row["input_size"], "input_mtime_ns": row["input_mtime_ns"],
+    folder = out / folder_name
+    if before.get("status") == "done" and before.get("folder", folder_name) == folder_name and same and all((folder / name).exists() for name in before.get("outputs", [])):
+        return {**before, "folder": folder_name, "input_size": row["input_size"], "input_mtime_ns": row["input_mtime_ns"],
                 "status": "skipped", "reason": "done before with the same input, model and settings"}
     error, summary = "", None
     for attempt in range(1, retries + 2):
         t = time.perf_counter()
         try:
-            summary = run_scene(scene.href, out, options, name=_folder_name(scene.id))
+            summary = run_scene(scene.href, out, options, name=folder_name)
             break
         except GeosegError as err:  # the input is bad: trying again would fail again
             error = str(err)
@@ -154,10 +168,6 @@ def _gate_sha256(spec: BackendSpec) -> str | None:
     if spec.name != "bgs":
         return None
     return file_sha256(gate_path(resolve_model_path(spec.model)))
-
-
-def _folder_name(scene_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", scene_id)
 
 
 def _load_manifest(out: Path) -> dict:
@@ -221,12 +231,13 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_result_catalog(out: Path, job: Job, scenes: list[SceneRef], manifest: dict, provenance: dict) -> None:
+def _write_result_catalog(out: Path, job: Job, scenes: list[SceneRef], folders: dict[str, str], manifest: dict,
+                          provenance: dict) -> None:
     """OUT/stac/: one item per scene of the catalog that is done, with its outputs as assets (written whole)."""
     catalog = pystac.Catalog(f"{job.name}-results", f"geoseg results of job {job.name} over {job.catalog}")
     for scene in scenes:
         entry = manifest.get(scene.id, {})
-        folder = out / _folder_name(scene.id)
+        folder = out / folders[scene.id]
         if entry.get("status") != "done" or not (folder / "mask.tif").exists():
             continue
         item = scene_item(folder / "mask.tif", scene.id)

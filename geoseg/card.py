@@ -62,9 +62,31 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "ModelCard":
-        data = json.loads(Path(path).read_text())
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        """Read and check a card; a card that is not JSON, lacks a field or contradicts itself is a one-line
+        GeosegError naming the file."""
+        try:
+            data = json.loads(Path(path).read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            card = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+            card.check()
+        except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
+            raise GeosegError(f"{path}: not a valid model card ({str(err).splitlines()[0][:200]})") from None
+        return card
+
+    def check(self) -> None:
+        """Raise ValueError where the card's fields contradict each other (class indices out of range...)."""
+        n = len(self.classes) if isinstance(self.classes, list) else 0
+        if n < 2 or not all(isinstance(c, str) for c in self.classes):
+            raise ValueError("classes must list at least two class names")
+        if not isinstance(self.building_class, int) or not 0 <= self.building_class < n:
+            raise ValueError(f"building_class {self.building_class!r} is not an index into its {n} classes")
+        if self.separator_class is not None and self.separator_class != n - 1:
+            raise ValueError(f"separator_class {self.separator_class!r} must be the last class ({n - 1})")
+        if not isinstance(self.bands, list) or not self.bands:
+            raise ValueError("bands must list the input bands")
+        if not isinstance(self.gsd_m, (int, float)) or not self.gsd_m > 0:
+            raise ValueError(f"gsd_m {self.gsd_m!r} must be a positive number of metres")
 
     def to_json(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -17,6 +17,7 @@ be fetched from the network, so :func:`validate_offline` checks the core and rep
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -29,8 +30,11 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import box, mapping
 
 from .errors import GeosegError
+from .read import open_raster
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
+#: file that marks a folder as a catalog ``geoseg catalog build`` wrote (and may therefore replace)
+CATALOG_MARK = ".geoseg-catalog"
 GEOTIFF_TYPES = (pystac.MediaType.GEOTIFF, pystac.MediaType.COG, "image/tiff")
 
 
@@ -64,7 +68,10 @@ def catalog_scenes(path: str | os.PathLike, asset: str | None = None, role: str 
     elif isinstance(obj, pystac.Item):
         items = [obj]
     else:
-        items = list(obj.get_items(recursive=True))
+        try:
+            items = list(obj.get_items(recursive=True))
+        except RecursionError:
+            raise GeosegError(f"catalog {path}: its child links lead back to a catalog above them (a cycle)") from None
     scenes = []
     for item in items:
         chosen = _choose_asset(item, asset, role)
@@ -90,7 +97,7 @@ def _choose_asset(item: pystac.Item, key: str | None, role: str | None) -> pysta
 def scene_item(path: Path, item_id: str | None = None) -> pystac.Item:
     """A STAC item describing one GeoTIFF (module docstring), its asset href absolute for now."""
     try:
-        with rasterio.open(path) as ds:
+        with open_raster(str(path)) as ds:
             if ds.crs is None:
                 raise GeosegError(f"{path}: no CRS, cannot place it in a catalog")
             bbox = list(transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21))
@@ -137,6 +144,7 @@ def build_catalog(folder: str | os.PathLike, out_dir: str | os.PathLike, name: s
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in GEOTIFF_SUFFIXES) if folder.is_dir() else []
     if not files:
         raise GeosegError(f"{folder}: no GeoTIFF files (*.tif, *.tiff) to catalog")
+    _check_replaceable(out_dir, folder)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -152,12 +160,39 @@ def build_catalog(folder: str | os.PathLike, out_dir: str | os.PathLike, name: s
         catalog.normalize_hrefs(str(out_dir.resolve()))
         catalog.make_all_asset_hrefs_relative()
         catalog.save(pystac.CatalogType.SELF_CONTAINED, dest_href=str(tmp))
+        (tmp / CATALOG_MARK).write_text("written by geoseg catalog build; a rebuild may replace this folder\n")
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            out_dir.rename(old)  # a previous catalog of geoseg (checked above), kept until the new one is in place
         tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "catalog.json"
+
+
+def _check_replaceable(out_dir: Path, folder: Path) -> None:
+    """``-o`` may name a new or empty folder, or a catalog an earlier ``geoseg catalog build`` wrote; never the
+    folder of the input scenes or one above it (replacing it would delete them), nor anything else."""
+    if not out_dir.exists():
+        return
+    target, inputs = out_dir.resolve(), folder.resolve()
+    if target == inputs or target in inputs.parents:
+        raise GeosegError(f"-o {out_dir}: it holds the input scenes ({folder}), which a new catalog there would "
+                          "replace; choose another folder")
+    if not out_dir.is_dir():
+        raise GeosegError(f"-o {out_dir}: exists and is not a folder")
+    if any(out_dir.iterdir()) and not _is_geoseg_catalog(out_dir):
+        raise GeosegError(f"-o {out_dir}: not empty and not a catalog geoseg wrote; choose a new or empty folder")
+
+
+def _is_geoseg_catalog(folder: Path) -> bool:
+    if (folder / CATALOG_MARK).exists():
+        return True
+    try:  # catalogs written before the mark existed say so in their description
+        return "catalogued by geoseg" in json.loads((folder / "catalog.json").read_text()).get("description", "")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def validate_offline(obj: pystac.STACObject) -> list[str]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import re
 import resource
 import sys
 import time
@@ -29,12 +31,17 @@ from . import __version__
 from .backends import Backend, BackendSpec, describe_backend, load_backend, resolve_spec
 from .errors import GeosegError
 from .card import INSTANCE_ARCHITECTURES, ModelCard
-from .read import OpenedScene, SceneReader, open_scene
+from .read import OpenedScene, SceneReader, is_local_crs, open_scene
 from .stitch import StripStitcher, TilePrediction
 from .tile import Tile, batched, tile_grid
 from .merge_instances import InstanceCollector, instances_to_frame, write_instance_raster
 from .vectorise import building_pieces, pieces_to_frame
-from .write import VECTOR_FORMATS, discard, publish, write_cog, write_preview, write_vectors
+from .write import VECTOR_FORMATS, discard, publish, scene_folder_names, write_cog, write_preview, write_vectors
+
+#: a staging folder's name: the run's process id at the end, so a later run can tell a dead run's leftovers
+STAGING_PREFIX = ".geoseg-partial-"
+#: what ``--device`` accepts
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -62,6 +69,45 @@ class RunOptions:
     workers: int | None = None  # None: one per CPU core; 0: in-process, no cluster
     scheduler: str | None = None
     progress: bool = True
+
+    def check(self) -> "RunOptions":
+        """Refuse, with one line naming the flag, any value no run can use; called before any work starts."""
+        def bad(flag: str, value, rule: str) -> None:
+            raise GeosegError(f"{flag} {value}: {rule}")
+
+        def finite_at_least(flag: str, value, low: float) -> None:
+            if value is not None and not (math.isfinite(value) and value >= low):
+                bad(flag, value, f"must be a number >= {low:g}")
+
+        if self.workers is not None and self.workers < 0:
+            bad("--workers", self.workers, "use 0 (in-process, no cluster) or a number of worker processes")
+        if self.batch_tiles < 1:
+            bad("--batch", self.batch_tiles, "at least 1 tile per task")
+        if self.tile_px < 32:
+            bad("--tile", self.tile_px, "at least 32 px")
+        finite_at_least("--overlap", self.overlap_px, 0)
+        finite_at_least("--min-area", self.min_area_m2, 0)
+        finite_at_least("--simplify", self.simplify_m, 0)
+        finite_at_least("--separator-dilate", self.separator_dilate_px, 0)
+        if self.target_gsd_m is not None and not (math.isfinite(self.target_gsd_m) and self.target_gsd_m > 0):
+            bad("--target-gsd", self.target_gsd_m, "a ground sample distance in metres must be > 0")
+        if self.separator_threshold is not None and not 0 <= self.separator_threshold <= 1:
+            bad("--separator-threshold", self.separator_threshold, "a probability must be in [0, 1]")
+        if self.tau is not None and not (math.isfinite(self.tau) and 0 < self.tau <= 1):
+            bad("--tau", self.tau, "the fraction of full-resolution blocks must be in (0, 1]")
+        if self.bands is not None and (not self.bands or min(self.bands) < 1):
+            bad("--bands", ",".join(map(str, self.bands)) or "''", "give 1-based band numbers, e.g. 1,2,3")
+        unknown = set(self.formats) - set(VECTOR_FORMATS)
+        if unknown:
+            raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
+        if not _DEVICE.match(self.device):
+            bad("--device", self.device, "use cpu, cuda or cuda:N")
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                bad("--device", self.device, "CUDA is not available on this machine (use --device cpu)")
+        return self
 
 
 def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: list[Tile]) -> tuple[list[TilePrediction], dict]:
@@ -131,8 +177,8 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[object |
     if scheduler:
         try:
             client = Client(scheduler, timeout="10s")
-        except OSError as err:
-            raise GeosegError(f"--scheduler {scheduler}: cannot connect ({err})") from None
+        except (OSError, ValueError, TypeError) as err:  # unreachable, or not an address ("missing port number")
+            raise GeosegError(f"--scheduler {scheduler}: cannot connect ({str(err).splitlines()[0][:200]})") from None
         with client:
             yield client
         return
@@ -170,12 +216,24 @@ def _worker_peak_rss_mb(client) -> float:
     return float(sum(client.run(_peak_rss_mb).values()))
 
 
-def prepare_output(out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
-    """Create ``OUT/<stem>/`` and a staging folder in it; a clear error if it cannot be written."""
-    scene_dir = Path(out_dir) / stem
+def _remove_dead_staging(scene_dir: Path) -> None:
+    """Staging folders that a killed run (SIGKILL, power cut) left in ``scene_dir``: those whose process is gone."""
+    import psutil
+
+    for leftover in scene_dir.glob(f"{STAGING_PREFIX}*"):
+        pid = leftover.name[len(STAGING_PREFIX):]
+        if not (pid.isdigit() and psutil.pid_exists(int(pid))):
+            discard(leftover)
+
+
+def prepare_output(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """Create ``OUT/<name>/`` and a staging folder in it; a clear error if it cannot be written. ``name`` must
+    be a safe folder name (:func:`geoseg.write.safe_folder_name`)."""
+    scene_dir = Path(out_dir) / name
     try:
         scene_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(scene_dir / f".geoseg-partial-{os.getpid()}")
+        _remove_dead_staging(scene_dir)
+        staging = Path(scene_dir / f"{STAGING_PREFIX}{os.getpid()}")
         staging.mkdir(exist_ok=True)
     except OSError as err:
         raise GeosegError(f"cannot write to output folder {scene_dir}: {err.strerror}") from None
@@ -191,13 +249,11 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
 
     ``backend`` may be a ready backend object (for custom models); otherwise ``options.backend`` names one
     from the registry and each worker builds it once. Outputs go to ``out_dir/<name>/`` (default: the scene's
-    file stem).
+    file stem, made safe by :func:`geoseg.write.safe_folder_name`; ``geoseg run`` of several scenes gives each a
+    distinct name with :func:`geoseg.write.scene_folder_names`). The summary records the input's absolute path.
     """
-    opts = options or RunOptions()
+    opts = (options or RunOptions()).check()
     started = time.perf_counter()
-    unknown = set(opts.formats) - set(VECTOR_FORMATS)
-    if unknown:
-        raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
     spec: BackendSpec | Backend = backend or resolve_spec(BackendSpec(opts.backend, opts.model, opts.device,
                                                                       opts.precision, opts.tau, opts.score_threshold))
     if backend is not None:
@@ -212,8 +268,11 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
         assume_crs=opts.assume_crs, target_gsd_m=opts.target_gsd_m, native_resolution=opts.native_resolution,
     )
     grid = opened.reader.grid
+    if "geojson" in opts.formats and is_local_crs(grid.crs):
+        raise GeosegError(f"{scene}: its CRS is a local site grid that cannot be placed on the globe, and GeoJSON is "
+                          "in WGS84 (RFC 7946); use --formats gpkg,shp,parquet, which keep the scene's CRS")
     tiles = tile_grid(grid.height, grid.width, opts.tile_px, opts.overlap_px)
-    scene_dir, staging = prepare_output(out_dir, name or Path(scene).stem)
+    scene_dir, staging = prepare_output(out_dir, name or scene_folder_names([scene])[0])
     try:
         summary = _run(opened, tiles, spec, card, sha256, opts, staging, started)
         names = summary["outputs"]
@@ -295,6 +354,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     return {
         "geoseg_version": __version__,
         **facts,
+        "input": str(Path(reader.path).resolve()),
         "backend": spec.name,
         "model": card.name,
         "model_trained": card.trained,

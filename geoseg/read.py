@@ -20,10 +20,11 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import rasterio
 from affine import Affine
+from pyproj import CRS as ProjCRS
 from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
@@ -39,6 +40,12 @@ MAX_UPSAMPLE = 4.0
 STRETCH_PERCENTILES = (2.0, 98.0)
 #: Longest side, in pixels, of the decimated read used for statistics and previews.
 OVERVIEW_MAX_PX = 1024
+#: ``--target-gsd`` may upsample a scene by at most this factor per axis (0.001 m on a 0.3 m scene would make
+#: a 256 px square into a 5.9 Gpx grid).
+MAX_FORCED_UPSAMPLE = 10.0
+#: GDAL raster drivers geoseg opens inputs with. Not VRT (a VRT can read any local file as pixels, e.g.
+#: /etc/passwd into preview.png), nor any other driver that follows paths written inside the file.
+INPUT_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "PNG", "JPEG", "HFA", "NITF", "ENVI")
 
 _GEOD = Geod(ellps="WGS84")
 
@@ -61,11 +68,37 @@ class Grid:
         return self.width * self.height / 1e6
 
 
+def open_raster(path: str) -> rasterio.DatasetReader:
+    """Open an input raster; one-line GeosegError unless GDAL read it with one of :data:`INPUT_DRIVERS`.
+
+    The driver is checked as soon as the file is open, before any pixel is read: a VRT (whatever its file name)
+    names other files to read, and only reading pixels makes GDAL open them."""
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as err:
+        raise GeosegError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
+    if src.driver not in INPUT_DRIVERS:
+        driver = src.driver
+        src.close()
+        raise GeosegError(f"{path}: {driver} files are not accepted (they can make GDAL read other files); "
+                          f"accepted: {', '.join(INPUT_DRIVERS)}")
+    return src
+
+
+def is_local_crs(crs: CRS) -> bool:
+    """A local engineering CRS (a site grid): it has linear units but no datum, so it cannot be placed on Earth."""
+    return ProjCRS.from_wkt(crs.to_wkt()).type_name.startswith("Engineering")
+
+
 def ground_gsd_m(crs: CRS, transform: Affine, width: int, height: int) -> tuple[float, float]:
     """Ground size in metres of one pixel (x, y) at the centre of the grid, for any CRS.
 
-    The centre pixel's corners are taken to lon/lat and measured on the WGS84 ellipsoid.
+    The centre pixel's corners are taken to lon/lat and measured on the WGS84 ellipsoid. A local engineering
+    CRS, which has no lon/lat, is measured in its own linear units (converted to metres).
     """
+    if is_local_crs(crs):
+        metres = ProjCRS.from_wkt(crs.to_wkt()).axis_info[0].unit_conversion_factor
+        return math.hypot(transform.a, transform.d) * metres, math.hypot(transform.b, transform.e) * metres
     col, row = width / 2.0, height / 2.0
     cols, rows = [col, col + 1, col], [row, row, row + 1]
     xs, ys = zip(*(transform @ (c, r) for c, r in zip(cols, rows)))
@@ -125,7 +158,7 @@ class SceneReader:
 
     @contextmanager
     def open(self) -> Iterator[rasterio.io.DatasetReaderBase]:
-        with rasterio.open(self.path) as src:
+        with open_raster(self.path) as src:
             needs_crs = src.crs is None
             if not (self.resampled or needs_crs):
                 yield src
@@ -138,6 +171,8 @@ class SceneReader:
                 width=self.grid.width,
                 height=self.grid.height,
                 resampling=Resampling[self.resampling],
+                # without an alpha band of its own, a VRT drops the source's internal mask (every pixel valid)
+                add_alpha=ColorInterp.alpha not in src.colorinterp,
             ) as vrt:
                 yield vrt
 
@@ -155,7 +190,7 @@ class SceneReader:
         return stretch(raw, valid, self.band_low, self.band_high)
 
     def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        with self.open() as ds:
+        with self._reading(f"window at row {window.row_off}, column {window.col_off}"), self.open() as ds:
             raw, valid = self._read(ds, window, None)
         return self.normalise(raw, valid), valid
 
@@ -163,8 +198,18 @@ class SceneReader:
         """The whole grid decimated so its longest side is at most ``max_px`` (raw values, valid mask)."""
         scale = max(self.grid.width, self.grid.height) / max_px
         shape = (max(1, round(self.grid.height / max(scale, 1))), max(1, round(self.grid.width / max(scale, 1))))
-        with self.open() as ds:
+        with self._reading("overview"), self.open() as ds:
             return self._read(ds, None, shape)
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """A file that opens but cannot be read (truncated, corrupt blocks) is bad input, not a crash: one line,
+        and a batch job records it as failed instead of retrying it."""
+        try:
+            yield
+        except RasterioError as err:
+            raise GeosegError(f"{self.path}: cannot read the {what} (truncated or corrupt file?): "
+                              f"{str(err).splitlines()[0][:200]}") from None
 
 
 def _check_file(path: str) -> None:
@@ -174,6 +219,29 @@ def _check_file(path: str) -> None:
         raise GeosegError(f"{path}: is a directory, not a raster file")
     if os.path.getsize(path) == 0:
         raise GeosegError(f"{path}: empty file (0 bytes)")
+
+
+def _check_georeferencing(path: str, src: rasterio.DatasetReader, assume_crs: str | None) -> None:
+    if src.width == 0 or src.height == 0 or src.count == 0:
+        raise GeosegError(f"{path}: zero-size raster ({src.width}x{src.height}, {src.count} bands)")
+    if src.crs is None and assume_crs is None:
+        raise GeosegError(f"{path}: the raster has no CRS; pass --assume-crs EPSG:XXXX if you know it")
+    if src.transform == Affine.identity():  # what GDAL reports when a file has no geotransform
+        gcps = " (it has ground control points: warp it first, e.g. gdalwarp)" if src.gcps[0] or src.rpcs else ""
+        what = "no CRS and no geotransform" if src.crs is None else "a CRS but no geotransform"
+        raise GeosegError(f"{path}: the raster has {what}, so its pixels would be placed as 1-unit squares at the "
+                          f"CRS origin{gcps}; georeference it first (e.g. gdal_translate -a_ullr)")
+
+
+def _check_pixels(path: str, src: rasterio.DatasetReader, bands: Sequence[int]) -> None:
+    """Refuse what cannot be read as image brightness (one line saying why and what to do)."""
+    for band in sorted(set(bands)):
+        if np.dtype(src.dtypes[band - 1]).kind == "c":
+            raise GeosegError(f"{path}: band {band} is complex-valued ({src.dtypes[band - 1]}); geoseg reads "
+                              "brightness, not SAR phase: convert to amplitude first")
+        if src.colorinterp[band - 1] == ColorInterp.palette:
+            raise GeosegError(f"{path}: band {band} is a palette (colour-table) image whose values are indices, "
+                              "not brightness; expand it first, e.g. gdal_translate -expand rgb")
 
 
 class OpenedScene(NamedTuple):
@@ -202,27 +270,24 @@ def open_scene(
     """
     path = os.fspath(path)
     _check_file(path)
-    try:
-        src = rasterio.open(path)
-    except RasterioIOError as err:
-        raise GeosegError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
-    with src:
-        if src.width == 0 or src.height == 0 or src.count == 0:
-            raise GeosegError(f"{path}: zero-size raster ({src.width}x{src.height}, {src.count} bands)")
-        if src.crs is None and assume_crs is None:
-            raise GeosegError(f"{path}: the raster has no CRS; pass --assume-crs EPSG:XXXX if you know it")
-        if src.crs is None and src.transform == Affine.identity():
-            raise GeosegError(f"{path}: the raster has no georeferencing (no CRS and no geotransform)")
+    with open_raster(path) as src:
+        _check_georeferencing(path, src, assume_crs)
         try:
             source_crs = src.crs or CRS.from_user_input(assume_crs)
         except Exception:
             raise GeosegError(f"--assume-crs {assume_crs!r}: not a CRS that PROJ knows") from None
         chosen = choose_bands(src, bands, n_model_bands)
+        _check_pixels(path, src, chosen)
         gsd_x, gsd_y = ground_gsd_m(source_crs, src.transform, src.width, src.height)
         scene_gsd_m = (gsd_x + gsd_y) / 2
         grid = Grid(source_crs.to_wkt(), src.transform, src.width, src.height)
         wanted_gsd_m = target_gsd_m or model_gsd_m
         upsample = scene_gsd_m / wanted_gsd_m
+        if target_gsd_m is not None and upsample > MAX_FORCED_UPSAMPLE:
+            raise GeosegError(
+                f"--target-gsd {target_gsd_m:g}: would upsample the {scene_gsd_m:.2f} m scene {upsample:.0f}x per axis "
+                f"into a {src.width * src.height * upsample**2 / 1e6:,.0f} Mpx grid; at most "
+                f"{MAX_FORCED_UPSAMPLE:g}x is allowed")
         if not native_resolution and target_gsd_m is None and upsample > MAX_UPSAMPLE:
             raise SceneTooCoarseError(
                 f"{path}: scene GSD {scene_gsd_m:.2f} m is {upsample:.0f}x coarser than the model's "

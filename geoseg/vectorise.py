@@ -16,7 +16,8 @@ meet across a window border.
 Pieces are merged only with pieces of *other* windows: inside a window, distinct labels are distinct buildings.
 
 Units: ``min_area_m2`` and ``area_m2`` are square metres computed in a metric CRS (the scene's own if it
-is UTM, else the UTM zone of the scene's centre), also for geographic input; ``simplify_m`` is a tolerance
+is UTM or a local site grid, else a Lambert azimuthal equal-area projection centred on the scene, which holds at
+the poles and across the antimeridian where no UTM zone does), also for geographic input; ``simplify_m`` is a tolerance
 in metres, applied in pixel space as ``simplify_m / gsd_m``. ``confidence`` is the mean building
 probability (0-1) over the polygon's pixels before simplification.
 """
@@ -32,6 +33,7 @@ import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
+from pyproj import Transformer
 from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
@@ -173,10 +175,14 @@ def building_pieces(mask_path: str, probability_path: str, grid: Grid, building_
 
 
 def metric_crs(crs: ProjCRS, gdf: gpd.GeoDataFrame) -> ProjCRS:
-    """The CRS areas are measured in: the scene's own if UTM, else the UTM zone of the data's centre."""
-    if crs.utm_zone is not None:
+    """The CRS areas are measured in: the scene's own if UTM or a local engineering grid (which has no other),
+    else a Lambert azimuthal equal-area projection centred on the data (exact areas anywhere on Earth)."""
+    if crs.utm_zone is not None or crs.type_name.startswith("Engineering"):
         return crs
-    return gdf.estimate_utm_crs()
+    west, south, east, north = gdf.total_bounds
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform((west + east) / 2, (south + north) / 2)
+    return ProjCRS.from_proj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +datum=WGS84 +units=m +no_defs")
 
 
 def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,

@@ -7,9 +7,12 @@ complete.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
+from typing import Collection, Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -26,6 +29,16 @@ VECTOR_FORMATS = {
     "parquet": ("buildings.parquet", "parquet"),
 }
 SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg", ".shp")  # .shp last: it is the file readers look for
+#: every file a scene's output folder can hold: a rerun removes those of them that it did not write
+SCENE_OUTPUTS = frozenset(
+    ["mask.tif", "probability.tif", "instances.tif", "preview.png", "summary.json"]
+    + [name for name, _ in VECTOR_FORMATS.values() if not name.endswith(".shp")]
+    + ["buildings" + ext for ext in SHAPEFILE_PARTS]
+)
+#: characters an output folder name keeps (letters and digits of any script, "_", ".", "-"); others become "_"
+_UNSAFE_CHARS = re.compile(r"[^\w.-]")
+#: longest folder name made from a scene name (file systems allow 255 bytes)
+MAX_FOLDER_NAME = 120
 
 
 def write_cog(source_path: str, dest_path: str, categorical: bool) -> None:
@@ -74,11 +87,60 @@ def write_preview(rgb: np.ndarray, valid: np.ndarray, polygons_px: list[shapely.
 
 
 def publish(staging: Path, out_dir: Path, names: list[str]) -> list[str]:
-    """Move finished files from ``staging`` to ``out_dir`` (same file system: atomic renames), in order given."""
+    """Move finished files from ``staging`` to ``out_dir`` (same file system: atomic renames), in order given,
+    then remove the outputs of an earlier run that this one did not write (a rerun with fewer ``--formats``
+    must not leave last month's ``buildings.gpkg`` beside today's GeoJSON). Files geoseg never writes stay."""
     for name in names:
         os.replace(staging / name, out_dir / name)
+    for stale in sorted(SCENE_OUTPUTS - set(names)):
+        (out_dir / stale).unlink(missing_ok=True)
     return names
 
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def safe_folder_name(name: str, reserved: Collection[str] = ()) -> str:
+    """A folder name for a scene name or catalog item id that stays inside its parent and clashes with nothing.
+
+    Characters other than letters, digits, ``_``, ``.`` and ``-`` become ``_`` and leading dots become ``_`` (so never ``.``, ``..`` or a
+    hidden folder). A name that had to change, is empty, is too long, or is one of ``reserved`` (a job's own
+    files: ``stac``, ``manifest.json``...) gets ``-`` and 8 hex digits of its SHA-256 appended, so two ids that
+    clean to the same text (``x/y`` and ``x_y``) still get two folders. A name that needs no change is kept as it
+    is, so reruns find their earlier outputs.
+    """
+    clean = _UNSAFE_CHARS.sub("_", name)
+    clean = "_" * (len(clean) - len(clean.lstrip("."))) + clean.lstrip(".")
+    if clean == name and name and len(name) <= MAX_FOLDER_NAME and name.lower() not in {r.lower() for r in reserved}:
+        return name
+    return f"{clean[:MAX_FOLDER_NAME] or 'scene'}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def scene_folder_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """One output folder name per scene file of a run, all different: the file's stem (made safe), and where stems
+    clash, their parent folders' names appended one level at a time (``a/scene.tif``, ``b/scene.tif`` ->
+    ``scene-a``, ``scene-b``). Names are compared without case (two folders on macOS or Windows otherwise).
+    Raises GeosegError if the same file is given twice."""
+    from .errors import GeosegError
+
+    resolved = [Path(p).resolve() for p in paths]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise GeosegError(f"{paths[i]}: the same scene is given more than once")
+    depth = [0] * len(resolved)
+
+    def name(i: int) -> str:
+        parents = [p.name for p in resolved[i].parents if p.name][: depth[i]]
+        return safe_folder_name("-".join([resolved[i].stem, *parents]))
+
+    for _ in range(max((len(p.parts) for p in resolved), default=0) + 1):
+        names = [name(i) for i in range(len(resolved))]
+        lowered = [n.lower() for n in names]
+        clashes = [i for i, n in enumerate(lowered) if lowered.count(n) > 1]
+        if not clashes:
+            return names
+        for i in clashes:
+            depth[i] += 1
+    # same stem and same folders (scene.tif and scene.tiff side by side): the whole path decides
+    return [safe_folder_name(f"{n}-{hashlib.sha256(str(p).encode()).hexdigest()[:8]}") for n, p in zip(names, resolved)]
