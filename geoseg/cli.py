@@ -61,7 +61,7 @@ def _options(args: argparse.Namespace):
     fields = RunOptions.__dataclass_fields__
     opts = RunOptions(**{k: v for k, v in vars(args).items() if k in fields})
     opts.progress = not args.quiet
-    return opts
+    return opts.check()  # before any cluster starts: --workers -1 would wait forever for workers
 
 
 def _print_result(summary: dict, out_dir: Path) -> None:
@@ -75,35 +75,48 @@ def _print_result(summary: dict, out_dir: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run each scene; one cluster serves them all. A scene with bad input is reported and the others go on."""
+    """Run each scene; one cluster serves them all. A scene with bad input is reported and the others go on.
+    Each scene gets its own output folder, named before any work (scenes sharing a file name get their parent
+    folders' names appended: ``OUT/scene-a``, ``OUT/scene-b``)."""
     from .pipeline import dask_client, run_scene
+    from .write import scene_folder_names
 
     opts = _options(args)
+    names = scene_folder_names(args.scenes)
     failed = 0
     with dask_client(opts.workers, opts.scheduler) as client:
         if client is not None:
             opts.scheduler = client.scheduler.address
-        for scene in args.scenes:
+        for scene, name in zip(args.scenes, names):
             try:
-                summary = run_scene(scene, args.out, opts)
+                summary = run_scene(scene, args.out, opts, name=name)
             except GeosegError as err:
                 if len(args.scenes) == 1:
                     raise
                 print(f"geoseg: error: {err}", file=sys.stderr)
                 failed += 1
                 continue
-            _print_result(summary, Path(args.out) / Path(scene).stem)
+            _print_result(summary, Path(args.out) / name)
     return 2 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import generate_scene
+    """The pipeline on the real scene shipped with geoseg (``--synthetic``: on a generated one of ``--size`` px)."""
     from .pipeline import run_scene
 
-    scene = generate_scene(Path(args.out) / "scenes" / "demo_scene.tif", size_px=args.size, seed=args.seed)
-    print(f"generated demo scene {scene} ({args.size}x{args.size} px, 0.3 m, EPSG:32636)")
+    if args.synthetic:
+        from .demo import generate_scene
+
+        scene = generate_scene(Path(args.out) / "scenes" / "demo_scene.tif", size_px=args.size, seed=args.seed)
+        print(f"generated demo scene {scene} ({args.size}x{args.size} px, 0.3 m, EPSG:32636): drawn, not real imagery")
+    else:
+        from .samples import DEMO_ATTRIBUTION, DEMO_DESCRIPTION, sample_path
+
+        scene = sample_path()
+        print(f"demo scene {scene.name}: {DEMO_DESCRIPTION}; {DEMO_ATTRIBUTION}")
     summary = run_scene(scene, args.out, _options(args))
     _print_result(summary, Path(args.out) / scene.stem)
+    print(f"look at {Path(args.out) / scene.stem / 'preview.png'}; open mask.tif and buildings.gpkg in QGIS")
     return 0
 
 
@@ -183,9 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenes", nargs="+", metavar="SCENE", help="GeoTIFF scene(s)")
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
-    demo = sub.add_parser("demo", help="generate a sample scene and run the pipeline on it")
-    demo.add_argument("--size", type=int, default=2048, help="scene size in pixels (default 2048)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="run the pipeline on the real sample scene shipped with geoseg")
+    demo.add_argument("--synthetic", action="store_true",
+                      help="generate a procedural scene instead (for sizes and speed, not for judging the model)")
+    demo.add_argument("--size", type=int, default=2048, help="--synthetic: scene size in pixels (default 2048)")
+    demo.add_argument("--seed", type=int, default=0, help="--synthetic: random seed")
     _add_run_options(demo)
     demo.set_defaults(func=cmd_demo, out="demo-output")
     tr = sub.add_parser("train", help="train a segmentation model from a YAML config")
@@ -252,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geoseg: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk, a folder that vanished, a permission taken away mid-run
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"geoseg: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

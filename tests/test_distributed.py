@@ -30,7 +30,7 @@ def test_existing_scheduler_gives_the_same_result_as_in_process(tmp_path):
 
 def test_demo_command_runs_on_a_local_cluster(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "geoseg.cli", "demo", "--size", "600", "--workers", "2", "-o", str(tmp_path), "--quiet"],
+        [sys.executable, "-m", "geoseg.cli", "demo", "--synthetic", "--size", "600", "--workers", "2", "-o", str(tmp_path), "--quiet"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
