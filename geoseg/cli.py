@@ -258,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    # GDAL's messages reach Python's logging; unhandled, each would be one more stderr line beside ours
+    logging.getLogger("rasterio").addHandler(logging.NullHandler())
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -268,9 +272,24 @@ def main(argv: list[str] | None = None) -> int:
         print("geoseg: interrupted", file=sys.stderr)
         return 130
     except OSError as err:  # a full disk, a folder that vanished, a permission taken away mid-run
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"geoseg: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"geoseg: error: {_os_error_line(err, getattr(args, 'out', None))}", file=sys.stderr)
         return 1
+
+
+def _os_error_line(err: OSError, out: str | None) -> str:
+    """One line for a failed write or read: the file, the system's reason, GDAL's reason (rasterio chains it), and
+    the free space where the outputs go when it is nearly none."""
+    import shutil
+
+    line = (f"{err.filename}: " if err.filename else "") + str(err.strerror or err).splitlines()[0]
+    if err.__cause__ is not None:
+        line += f" ({str(err.__cause__).splitlines()[0][:200]})"
+    folder = Path(out) if out else None
+    while folder is not None and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder is not None and folder.exists() and shutil.disk_usage(folder).free < 64 * 1024 * 1024:
+        line += f"; the disk holding {out} has {shutil.disk_usage(folder).free // 1024 // 1024} MiB free"
+    return line
 
 
 if __name__ == "__main__":

@@ -404,3 +404,24 @@ def test_masked_ground_stays_nodata_when_the_scene_is_resampled(tmp_path, kind):
     with rasterio.open(tmp_path / "out" / "scene" / "mask.tif") as mask:
         labels = mask.read(1)
     assert (labels[:, :31] == 255).all() and (labels[:, 33:] != 255).all()
+
+
+def test_running_out_of_space_mid_run_is_one_line_and_leaves_nothing(tmp_path):
+    """Files may not grow past 60 kB (RLIMIT_FSIZE, the signal ignored: writes fail as on a full disk)."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    scene = write_scene(tmp_path / "scene.tif", np.random.default_rng(0).integers(0, 255, (3, 400, 400)).astype("uint8"))
+    done = subprocess.run([sys.executable, "-m", "geoseg.cli", "run", str(scene), "-o", str(tmp_path / "out"),
+                           "--workers", "0", "--quiet", "--model", "buildings-fastscnn"],
+                          preexec_fn=limit, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    # libtiff prints its own "_tiffWriteProc: File too large." lines straight to stderr; geoseg's is one line
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("geoseg: error: ") and "Write failed" in last and "TIFF" in last, done.stderr
+    assert sum(line.startswith("geoseg") for line in done.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
