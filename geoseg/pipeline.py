@@ -128,8 +128,9 @@ def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: li
         instances = dict(zip(keep, out.instances)) if out.instances is not None else {}
     t2 = time.perf_counter()
     predictions = [TilePrediction(t, probabilities.get(i), reads[i][1], instances.get(i)) for i, t in enumerate(tiles)]
+    bf16 = len(keep) if getattr(backend, "bf16", False) else 0  # what the worker's CPU made of --precision
     return predictions, {"read_s": t1 - t0, "model_s": t2 - t1, "encoded": len(keep), "decoded": decoded,
-                         "counters": counters}
+                         "bf16_tiles": bf16, "counters": counters}
 
 
 def _peak_rss_mb() -> float:
@@ -295,7 +296,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     stitcher = StripStitcher(grid, tiles, card.classes, card.building_class, prob_tmp, mask_tmp,
                              card.separator_class, separator_tmp)
     collector = InstanceCollector(tiles, grid) if card.architecture in INSTANCE_ARCHITECTURES else None
-    counts = {"encoded": 0, "decoded": 0, "read_s": 0.0, "model_s": 0.0}
+    counts = {"encoded": 0, "decoded": 0, "bf16_tiles": 0, "read_s": 0.0, "model_s": 0.0}
     backend_counts: dict[str, int] = {}
     stitch_s = 0.0
     bar = tqdm(total=len(tiles), unit="tile", desc=Path(reader.path).name, disable=not opts.progress,
@@ -363,6 +364,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
         "model_sha256": sha256,
         "device": opts.device,
         "precision": opts.precision,
+        "precision_used": _precision_used(counts["bf16_tiles"], counts["encoded"]),
         "tile_px": opts.tile_px,
         "overlap_px": opts.overlap_px,
         "tiles_total": len(tiles),
@@ -410,6 +412,13 @@ def _segblocks_summary(card: ModelCard, opts: RunOptions, counts: dict[str, int]
     return {"block_px": card.block_px, "tau": tau,
             "tau_rule": "calibrated threshold" if f"{tau:g}" in card.policy_thresholds else "top tau per tile",
             "high_res_fraction": round(counts.get("high_res_blocks", 0) / blocks, 4) if blocks else 0.0}
+
+
+def _precision_used(bf16_tiles: int, encoded: int) -> str:
+    """What ``--precision`` resolved to on the workers: bf16, fp32, or mixed (workers on CPUs of both kinds)."""
+    if not encoded:
+        return "none"
+    return "bf16" if bf16_tiles == encoded else "fp32" if bf16_tiles == 0 else "mixed"
 
 
 def _either(value, default):

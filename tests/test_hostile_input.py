@@ -425,3 +425,14 @@ def test_running_out_of_space_mid_run_is_one_line_and_leaves_nothing(tmp_path):
     assert last.startswith("geoseg: error: ") and "Write failed" in last and "TIFF" in last, done.stderr
     assert sum(line.startswith("geoseg") for line in done.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_the_summary_says_which_precision_the_workers_used(tmp_path, precision):
+    from geoseg.model import bf16_is_fast
+
+    scene = write_scene(tmp_path / "scene.tif", _pixels())
+    summary = run_scene(scene, tmp_path / "out", RunOptions(workers=0, progress=False, precision=precision,
+                                                            backend="fastscnn", formats=["gpkg"]))
+    expected = "bf16" if precision == "auto" and bf16_is_fast() else "fp32"
+    assert summary["precision"] == precision and summary["precision_used"] == expected
