@@ -79,22 +79,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     Each scene gets its own output folder, named before any work (scenes sharing a file name get their parent
     folders' names appended: ``OUT/scene-a``, ``OUT/scene-b``)."""
     from .pipeline import dask_client, run_scene
+    from .read import check_file
     from .write import scene_folder_names
 
     opts = _options(args)
-    names = scene_folder_names(args.scenes)
     failed = 0
+
+    def report(err: GeosegError) -> None:
+        nonlocal failed
+        if len(args.scenes) == 1:
+            raise err
+        print(f"geoseg: error: {err}", file=sys.stderr)
+        failed += 1
+
+    todo = []
+    for scene, name in zip(args.scenes, scene_folder_names(args.scenes)):
+        try:
+            check_file(scene)  # no cluster is started for files that are not there
+            todo.append((scene, name))
+        except GeosegError as err:
+            report(err)
+    if not todo:
+        return 2
     with dask_client(opts.workers, opts.scheduler) as client:
         if client is not None:
             opts.scheduler = client.scheduler.address
-        for scene, name in zip(args.scenes, names):
+        for scene, name in todo:
             try:
                 summary = run_scene(scene, args.out, opts, name=name)
             except GeosegError as err:
-                if len(args.scenes) == 1:
-                    raise
-                print(f"geoseg: error: {err}", file=sys.stderr)
-                failed += 1
+                report(err)
                 continue
             _print_result(summary, Path(args.out) / name)
     return 2 if failed else 0

@@ -114,8 +114,10 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[object |
             yield client
         return
     n = workers or os.cpu_count() or 1
+    # dashboard ":0": any free port for the scheduler's HTTP server (None still binds 8787, and warns on stderr
+    # when another cluster holds it)
     with _adaptive_malloc(), \
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         client.run(_limit_torch_threads)
         yield client

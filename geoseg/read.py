@@ -212,7 +212,8 @@ class SceneReader:
                               f"{str(err).splitlines()[0][:200]}") from None
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str) -> None:
+    """The cheap checks, before a cluster is started for nothing: the path is a non-empty file."""
     if not os.path.exists(path):
         raise GeosegError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -269,7 +270,7 @@ def open_scene(
     ``target_gsd_m`` or ``native_resolution`` forces a choice.
     """
     path = os.fspath(path)
-    _check_file(path)
+    check_file(path)
     with open_raster(path) as src:
         _check_georeferencing(path, src, assume_crs)
         try:

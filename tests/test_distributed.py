@@ -18,7 +18,7 @@ def test_existing_scheduler_gives_the_same_result_as_in_process(tmp_path):
     scene = generate_scene(tmp_path / "scene.tif", size_px=640, seed=5)
     base = dict(tile_px=256, overlap_px=32, batch_tiles=2, progress=False)
     local = run_scene(scene, tmp_path / "local", RunOptions(workers=0, **base))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         remote = run_scene(scene, tmp_path / "remote", RunOptions(scheduler=cluster.scheduler_address, **base))
     assert remote["tiles_total"] == local["tiles_total"] == 9 and remote["peak_rss_mb_workers"] > 0
     for name in ("mask.tif", "probability.tif"):

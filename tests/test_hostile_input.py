@@ -436,3 +436,19 @@ def test_the_summary_says_which_precision_the_workers_used(tmp_path, precision):
                                                             backend="fastscnn", formats=["gpkg"]))
     expected = "bf16" if precision == "auto" and bf16_is_fast() else "fp32"
     assert summary["precision"] == precision and summary["precision_used"] == expected
+
+
+def test_missing_scenes_start_no_cluster_even_when_port_8787_is_taken(tmp_path):
+    """Another cluster's dashboard on 8787 made Dask warn on stderr; a missing file started a cluster for nothing."""
+    import socket
+
+    with socket.socket() as holder:
+        try:
+            holder.bind(("", 8787))
+        except OSError:
+            pass  # someone holds it already: the condition under test
+        done = subprocess.run([sys.executable, "-m", "geoseg.cli", "run", str(tmp_path / "nope.tif"),
+                               str(tmp_path / "gone.tif"), "-o", str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"geoseg: error: {tmp_path / n}: no such file" for n in ("nope.tif", "gone.tif")]
