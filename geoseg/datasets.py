@@ -13,7 +13,13 @@ Source kinds:
 * ``chips``: a folder of GeoTIFF chips with a folder of 0/1 masks (``NAME.mask.tif`` or ``NAME.tif``); every
   chip goes to the source's ``split``, except chips that share ground with ``exclude_overlap_with``.
 * ``dubai``: the Dubai land-cover tiles (JPEG + colour-coded PNG, not georeferenced) at an assumed ``gsd_m``;
-  the tiles listed in ``val_tiles`` are validation.
+  the tiles listed in ``val_tiles`` are validation. ``buildings_only``: Building -> building, every other
+  labelled class -> background (desert, road, water and vegetation as negatives), Unlabeled -> ignored.
+* ``image_mask``: one plain image (PNG, JPEG...; not georeferenced) and a 0/1 mask at a stated native GSD, e.g. the
+  SpaceNet 2 tiles; mask values other than 0 and 1 are ignored. Split by rows like ``geotiff``, or all to ``split``.
+* ``xyz``: web-map tiles named by z/x/y (a CSV with ``file,z,x,y``), georeferenced in EPSG:3857 from their
+  indices, one zoom level; each group of edge-connected tiles becomes one mosaic (an alpha band or a missing
+  tile is nodata), labelled by polygons like ``geotiff``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from .errors import GeosegError
-from .read import Grid, open_scene, scene_stretch, stretch
+from .read import Grid, ground_gsd_m, open_scene, scene_stretch, stretch
 
 IGNORE = 255
 #: Dubai mask colours -> class index of the land-cover model; other colours (unlabelled) are ignored.
@@ -156,14 +162,33 @@ def chips_sharing_no_ground(images: str | Path, other: str | Path | None) -> lis
     return [c for c in chips if footprint_4326(c).intersection(taken).area == 0]
 
 
+def chips_of_distinct_ground(chips: list[Path], gsd_m: float) -> list[Path]:
+    """Chips covering the same ground at several zoom levels, counted once: taken in order of how close their
+    ground pixel size is to ``gsd_m``, a chip sharing more than 1 % of its area with one already taken is dropped
+    (Kampala's val-chips hold one block at zoom 19, 20 and 21: the zoom-19 chip is kept)."""
+    def ground_px_m(chip: Path) -> float:
+        with rasterio.open(chip) as src:
+            return float(np.mean(ground_gsd_m(src.crs, src.transform, src.width, src.height)))
+
+    kept, taken = [], shapely.Polygon()
+    for chip in sorted(chips, key=lambda c: (abs(ground_px_m(c) - gsd_m), c.name)):
+        footprint = footprint_4326(chip)
+        if footprint.intersection(taken).area <= 0.01 * footprint.area:
+            kept.append(chip)
+            taken = taken.union(footprint)
+    return sorted(kept)
+
+
 def chips_source(images: str, masks: str, gsd_m: float, split: str = "train", name: str | None = None,
                  exclude_overlap_with: str | None = None, labels: str | None = None,
-                 separator_class: int | None = None) -> list[LabelledScene]:
+                 separator_class: int | None = None, distinct_ground: bool = False) -> list[LabelledScene]:
     """Chip/mask pairs. ``exclude_overlap_with``: a folder of chips; chips sharing ground with any of them are
     dropped (Kampala's val-chips partly cover the same ground as its training chips at other zoom levels).
-    ``labels``: polygons covering the chips, used instead of the masks (they separate touching buildings)."""
+    ``labels``: polygons covering the chips, used instead of the masks (they separate touching buildings).
+    ``distinct_ground``: the same ground at several zoom levels once (:func:`chips_of_distinct_ground`)."""
     scenes = []
-    for chip in chips_sharing_no_ground(images, exclude_overlap_with):
+    chips = chips_sharing_no_ground(images, exclude_overlap_with)
+    for chip in chips_of_distinct_ground(chips, gsd_m) if distinct_ground else chips:
         candidates = [Path(masks) / f"{chip.stem}.mask.tif", Path(masks) / chip.name]
         mask = next((m for m in candidates if m.exists()), None)
         if mask is None:
@@ -175,30 +200,130 @@ def chips_source(images: str, masks: str, gsd_m: float, split: str = "train", na
     return scenes
 
 
-def dubai_labels(mask_rgb: np.ndarray) -> np.ndarray:
+def dubai_labels(mask_rgb: np.ndarray, buildings_only: bool = False) -> np.ndarray:
+    """Class indices from the colour-coded mask (``DUBAI_CLASSES``); ``buildings_only``: 1 building, 0 any other
+    labelled class, IGNORE unlabelled."""
     labels = np.full(mask_rgb.shape[:2], IGNORE, np.uint8)
     for colour, index in DUBAI_COLOURS.items():
-        labels[(mask_rgb == colour).all(axis=-1)] = index
+        labels[(mask_rgb == colour).all(axis=-1)] = (index == 0) if buildings_only else index
     return labels
 
 
-def dubai_source(root: str, gsd_m: float, assumed_gsd_m: float, val_tiles: list[str]) -> list[LabelledScene]:
+def plain_pixels(image: Image.Image, mask: Image.Image, native_gsd_m: float, gsd_m: float) -> tuple[np.ndarray, Image.Image]:
+    """A non-georeferenced image resized from ``native_gsd_m`` to ``gsd_m`` (bilinear; its mask nearest) and
+    stretched from its own statistics as inference stretches a scene. Returns (pixels (3, h, w), resized mask)."""
+    scale = native_gsd_m / gsd_m
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size != image.size:
+        image, mask = image.resize(size, Image.BILINEAR), mask.resize(size, Image.NEAREST)
+    raw = np.moveaxis(np.asarray(image.convert("RGB"), np.float32), -1, 0)
+    valid = np.ones(raw.shape[1:], bool)
+    return stretch(raw, valid, *scene_stretch(raw[:, ::4, ::4], valid[::4, ::4])), mask
+
+
+def dubai_source(root: str, gsd_m: float, assumed_gsd_m: float, val_tiles: list[str],
+                 buildings_only: bool = False) -> list[LabelledScene]:
     """Dubai tiles at an assumed native GSD, resized to ``gsd_m``, scene-stretched like inference."""
     scenes = []
     for image_path in sorted(Path(root).glob("tile_*/images/*.jpg")):
         tile = image_path.parent.parent.name
         mask_path = image_path.parent.parent / "masks" / f"{image_path.stem}.png"
-        image = Image.open(image_path).convert("RGB")
-        mask = Image.open(mask_path).convert("RGB")
-        scale = assumed_gsd_m / gsd_m
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        if size != image.size:
-            image, mask = image.resize(size, Image.BILINEAR), mask.resize(size, Image.NEAREST)
-        raw = np.moveaxis(np.asarray(image, np.float32), -1, 0)
-        valid = np.ones(raw.shape[1:], bool)
-        pixels = stretch(raw, valid, *scene_stretch(raw[:, ::4, ::4], valid[::4, ::4]))
+        pixels, mask = plain_pixels(Image.open(image_path), Image.open(mask_path).convert("RGB"), assumed_gsd_m, gsd_m)
         split = "val" if tile in val_tiles else "train"
-        scenes.append(LabelledScene(f"dubai/{tile}/{image_path.stem}", pixels, dubai_labels(np.asarray(mask)), split))
+        labels = dubai_labels(np.asarray(mask), buildings_only)
+        scenes.append(LabelledScene(f"dubai/{tile}/{image_path.stem}", pixels, labels, split))
     if not scenes:
         raise GeosegError(f"{root}: no Dubai tiles (tile_*/images/*.jpg) found")
+    return scenes
+
+
+def image_mask_source(image: str, mask: str, gsd_m: float, native_gsd_m: float, split: str = "train",
+                      val_fraction: float = 0.0, gap_px: int = 64, name: str | None = None) -> list[LabelledScene]:
+    """One plain image with a 0/1 mask at ``native_gsd_m`` (module docstring)."""
+    try:
+        pixels, resized = plain_pixels(Image.open(image), Image.open(mask), native_gsd_m, gsd_m)
+    except OSError as err:
+        raise GeosegError(f"{image}: cannot read the image or its mask ({err})") from None
+    values = np.asarray(resized)
+    if values.ndim != 2:
+        raise GeosegError(f"{mask}: a 0/1 mask must have one band")
+    labels = np.where(values <= 1, values, IGNORE).astype(np.uint8)
+    name = name or Path(image).parent.name
+    if val_fraction > 0:
+        return split_rows(name, pixels, labels, val_fraction, gap_px)
+    return [LabelledScene(name, pixels, labels, split)]
+
+
+WEB_MERCATOR_HALF_M = 20037508.342789244  # half the equator's length in EPSG:3857 metres
+
+
+def xyz_tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of web-map tile z/x/y in EPSG:3857 metres (y counted from the north)."""
+    size = 2 * WEB_MERCATOR_HALF_M / 2**z
+    west, north = -WEB_MERCATOR_HALF_M + x * size, WEB_MERCATOR_HALF_M - y * size
+    return west, north - size, west + size, north
+
+
+def tile_groups(xy: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Tiles grouped by edge contact (each group becomes one mosaic), each group sorted, groups by first tile."""
+    left, groups = set(xy), []
+    while left:
+        stack, group = [min(left)], []
+        left.discard(stack[0])
+        while stack:
+            x, y = stack.pop()
+            group.append((x, y))
+            for n in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)):
+                if n in left:
+                    left.discard(n)
+                    stack.append(n)
+        groups.append(sorted(group))
+    return sorted(groups)
+
+
+def xyz_mosaic(folder: Path, zoom: int, group: list[tuple[int, int]], files: dict, out: Path) -> Path:
+    """Write one group of tiles as an EPSG:3857 GeoTIFF with an internal mask (alpha 0 or no tile: nodata)."""
+    xs, ys = [x for x, _ in group], [y for _, y in group]
+    tile_px = Image.open(folder / files[group[0]]).width
+    height, width = (max(ys) - min(ys) + 1) * tile_px, (max(xs) - min(xs) + 1) * tile_px
+    rgb, valid = np.zeros((3, height, width), np.uint8), np.zeros((height, width), bool)
+    for x, y in group:
+        tile = Image.open(folder / files[(x, y)])
+        r, c = (y - min(ys)) * tile_px, (x - min(xs)) * tile_px
+        rgb[:, r : r + tile_px, c : c + tile_px] = np.moveaxis(np.asarray(tile.convert("RGB")), -1, 0)
+        alpha = np.asarray(tile.getchannel("A")) > 0 if tile.mode == "RGBA" else True
+        valid[r : r + tile_px, c : c + tile_px] = alpha
+    west, _, _, north = xyz_tile_bounds(zoom, min(xs), min(ys))
+    size_m = 2 * WEB_MERCATOR_HALF_M / 2**zoom / tile_px
+    profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:3857",
+                   transform=rasterio.Affine(size_m, 0, west, 0, -size_m, north), photometric="RGB")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(out, "w", **profile) as dst:
+        dst.write(rgb)
+        dst.write_mask(valid.astype(np.uint8) * 255)
+    return out
+
+
+def xyz_source(tiles_csv: str, zoom: int, labels: str, gsd_m: float, split: str = "train", val_fraction: float = 0.0,
+               gap_px: int = 64, name: str | None = None, separator_class: int | None = None) -> list[LabelledScene]:
+    """Web-map tiles of one zoom level, one mosaic per group of touching tiles (module docstring)."""
+    import csv
+    import tempfile
+
+    folder = Path(tiles_csv).parent / "tiles"
+    with open(tiles_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["z"]) == zoom]
+    if not rows:
+        raise GeosegError(f"{tiles_csv}: no tiles at zoom {zoom}")
+    files = {(int(r["x"]), int(r["y"])): r["file"] for r in rows}
+    name = name or Path(tiles_csv).parent.name
+    scenes = []
+    with tempfile.TemporaryDirectory(prefix="geoseg-xyz-") as tmp:
+        for i, group in enumerate(tile_groups(list(files))):
+            mosaic = xyz_mosaic(folder, zoom, group, files, Path(tmp) / f"z{zoom}-{i}.tif")
+            pixels, target = load_georeferenced(mosaic, gsd_m, labels=labels, separator_class=separator_class)
+            part = f"{name}/z{zoom}-{i}"
+            if val_fraction > 0:
+                scenes += split_rows(part, pixels, target, val_fraction, gap_px)
+            else:
+                scenes.append(LabelledScene(part, pixels, target, split))
     return scenes

@@ -22,14 +22,21 @@ from pydantic import Field
 from tqdm import tqdm
 
 from .card import ModelCard
-from .datasets import IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source
+from .datasets import (IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source, image_mask_source,
+                       xyz_source)
 from .errors import GeosegError
 from .losses import training_loss
 from .model import GeoModel, build_model, init_weights_from, save_model, use_bf16
 from .yamlfile import Strict, load_yaml
 
 
-class GeotiffSource(Strict):
+class SourceBase(Strict):
+    #: the place the source shows (leave-one-place-out studies leave out every source of a place); default: the
+    #: folder under buildings/ or landcover/ its first path names
+    place: str | None = None
+
+
+class GeotiffSource(SourceBase):
     kind: Literal["geotiff"]
     image: str
     labels: str | None = None
@@ -38,23 +45,55 @@ class GeotiffSource(Strict):
     gap_px: int = Field(64, ge=0)
 
 
-class ChipsSource(Strict):
+class ChipsSource(SourceBase):
     kind: Literal["chips"]
     images: str
     masks: str
     split: Literal["train", "val"] = "train"
     exclude_overlap_with: str | None = None
     labels: str | None = None
+    distinct_ground: bool = False  # the same ground at several zoom levels counted once
 
 
-class DubaiSource(Strict):
+class DubaiSource(SourceBase):
     kind: Literal["dubai"]
     root: str
     assumed_gsd_m: float = Field(gt=0)
     val_tiles: list[str] = []
+    buildings_only: bool = False  # Building -> building, other labelled classes -> background
 
 
-Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource], Field(discriminator="kind")]
+class ImageMaskSource(SourceBase):
+    kind: Literal["image_mask"]
+    image: str
+    mask: str
+    native_gsd_m: float = Field(gt=0)
+    split: Literal["train", "val"] = "train"
+    val_fraction: float = Field(0.0, ge=0, lt=1)
+    gap_px: int = Field(64, ge=0)
+
+
+class XYZSource(SourceBase):
+    kind: Literal["xyz"]
+    tiles_csv: str
+    zoom: int = Field(ge=0, le=24)
+    labels: str
+    split: Literal["train", "val"] = "train"
+    val_fraction: float = Field(0.0, ge=0, lt=1)
+    gap_px: int = Field(64, ge=0)
+
+
+Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource, ImageMaskSource, XYZSource],
+                   Field(discriminator="kind")]
+
+
+def source_place(src: SourceBase) -> str:
+    """The place a source shows: its ``place``, else the folder after buildings/ or landcover/ in its first path."""
+    if src.place:
+        return src.place
+    first = next(v for k, v in src.model_dump().items() if isinstance(v, str) and k not in ("kind", "split"))
+    parts = Path(first).parts
+    return parts[1] if len(parts) > 1 and parts[0] in ("buildings", "landcover", "negatives") else parts[0]
 
 
 class TrainConfig(Strict):
@@ -114,9 +153,16 @@ def load_scenes(config: TrainConfig, root: Path) -> list[LabelledScene]:
         elif isinstance(src, ChipsSource):
             scenes += chips_source(at(src.images), at(src.masks), config.gsd_m, split=src.split,
                                    exclude_overlap_with=at(src.exclude_overlap_with), labels=at(src.labels),
-                                   separator_class=config.separator_class)
+                                   separator_class=config.separator_class, distinct_ground=src.distinct_ground)
+        elif isinstance(src, ImageMaskSource):
+            scenes += image_mask_source(at(src.image), at(src.mask), config.gsd_m, src.native_gsd_m, split=src.split,
+                                        val_fraction=src.val_fraction, gap_px=src.gap_px)
+        elif isinstance(src, XYZSource):
+            scenes += xyz_source(at(src.tiles_csv), src.zoom, at(src.labels), config.gsd_m, split=src.split,
+                                 val_fraction=src.val_fraction, gap_px=src.gap_px,
+                                 separator_class=config.separator_class)
         else:
-            scenes += dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles)
+            scenes += dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles, src.buildings_only)
     return scenes
 
 

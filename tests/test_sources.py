@@ -1,0 +1,109 @@
+"""Training sources of every kind the new places need (issue 15): plain image + mask at a stated GSD, web-map tiles
+georeferenced from z/x/y, Dubai as buildings, and chips of one ground at several zoom levels counted once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from PIL import Image
+from pyproj import Transformer
+
+from geoseg.datasets import (DUBAI_COLOURS, IGNORE, chips_source, dubai_labels, image_mask_source, tile_groups,
+                             xyz_source, xyz_tile_bounds)
+from geoseg.train import TrainConfig, source_place
+
+from conftest import SHARED_DATA, needs_shared_data
+
+
+def test_a_plain_image_and_mask_are_resampled_to_the_model_gsd(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (100, 120, 3)).astype("uint8")).save(tmp_path / "img.png")
+    mask = np.zeros((100, 120), np.uint8)
+    mask[20:60, 30:70] = 1
+    mask[:, 110:] = 255  # not 0/1: unknown
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    scenes = image_mask_source(str(tmp_path / "img.png"), str(tmp_path / "mask.png"), gsd_m=0.3, native_gsd_m=0.15,
+                               val_fraction=0.4, gap_px=0)
+    assert [s.split for s in scenes] == ["train", "val"]
+    labels = np.concatenate([s.labels for s in scenes])
+    assert labels.shape == (50, 60) and scenes[0].pixels.shape == (3, 30, 60)
+    assert (labels[10:30, 15:35] == 1).all() and (labels[:, 56:] == IGNORE).all() and (labels[40:, :50] == 0).all()
+
+
+def test_dubai_as_buildings_keeps_other_classes_as_negatives():
+    colours = list(DUBAI_COLOURS)  # building, land, road, vegetation, water
+    rgb = np.array([[colours[0], colours[1], colours[4], (0, 0, 0)]], np.uint8)
+    assert dubai_labels(rgb).tolist() == [[0, 1, 4, IGNORE]]
+    assert dubai_labels(rgb, buildings_only=True).tolist() == [[1, 0, 0, IGNORE]]
+
+
+def test_xyz_tiles_are_placed_by_their_indices_and_grouped_into_mosaics(tmp_path):
+    z = 20
+    (tmp_path / "tiles").mkdir()
+    rows = []
+    for x, y in [(600000, 400000), (600001, 400000), (600010, 400010)]:
+        rgba = np.full((256, 256, 4), 120, np.uint8)
+        rgba[..., 3] = 255
+        if x == 600001:
+            rgba[:, 128:, 3] = 0  # outside the survey
+        Image.fromarray(rgba, "RGBA").save(tmp_path / "tiles" / f"t-{x}-{y}.png")
+        rows.append(f"t-{x}-{y}.png,{z},{x},{y}")
+    (tmp_path / "tiles.csv").write_text("file,z,x,y\n" + "\n".join(rows) + "\n")
+    west, south, east, north = xyz_tile_bounds(z, 600000, 400000)
+    to_lonlat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
+    corners = [to_lonlat.transform(west + f * (east - west), north - g * (north - south))
+               for f, g in ((0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75))]
+    (tmp_path / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(shapely.Polygon(corners))}]}))
+    assert tile_groups([(600000, 400000), (600001, 400000), (600010, 400010)]) == \
+        [[(600000, 400000), (600001, 400000)], [(600010, 400010)]]
+    scenes = xyz_source(str(tmp_path / "tiles.csv"), z, str(tmp_path / "labels.geojson"), gsd_m=0.3)
+    assert len(scenes) == 2
+    first = scenes[0].labels  # two tiles of 256 px at 0.149 Web-Mercator m = 0.149 cos(lat) ground m each
+    lat = to_lonlat.transform(west, north)[1]
+    side_px = 256 * (east - west) / 256 * np.cos(np.radians(lat)) / 0.3
+    assert first.shape[0] == pytest.approx(side_px, abs=2) and first.shape[1] == pytest.approx(2 * side_px, abs=2)
+    h, w = first.shape
+    assert (first[h // 4 + 3: 3 * h // 4 - 3, w // 8 + 3: 3 * w // 8 - 3] == 1).all()  # the square in tile 1
+    assert (first[:, 3 * w // 4 + 2:] == IGNORE).all()  # the transparent half of tile 2
+    assert (scenes[1].labels == 0).all()
+
+
+def test_the_place_of_a_source_defaults_to_its_folder():
+    config = TrainConfig.model_validate({
+        "name": "t", "classes": ["background", "building"], "building_class": 1, "sources": [
+            {"kind": "chips", "images": "buildings/kampala/chips", "masks": "buildings/kampala/masks"},
+            {"kind": "dubai", "root": "landcover/dubai", "assumed_gsd_m": 0.5, "buildings_only": True},
+            {"kind": "image_mask", "image": "buildings/paris/a.png", "mask": "buildings/paris/m.png",
+             "native_gsd_m": 0.3, "place": "paris-suburb"}]})
+    assert [source_place(s) for s in config.sources] == ["kampala", "dubai", "paris-suburb"]
+
+
+@needs_shared_data()
+def test_kampala_val_chips_count_their_ground_once():
+    root = SHARED_DATA / "buildings" / "kampala"
+    every = chips_source(str(root / "val-chips"), str(root / "val-masks"), 0.3, split="val",
+                         exclude_overlap_with=str(root / "chips"))
+    once = chips_source(str(root / "val-chips"), str(root / "val-masks"), 0.3, split="val",
+                        exclude_overlap_with=str(root / "chips"), distinct_ground=True)
+    assert len(every) == 21 and [s.name for s in once] == ["val-chips/OAM-309606-261636-19"]
+
+
+@needs_shared_data()
+def test_the_new_real_sources_load():
+    buildings = SHARED_DATA / "buildings"
+    east = xyz_source(str(buildings / "banepa_east" / "tiles.csv"), 20, str(buildings / "banepa_east" / "labels.geojson"),
+                      gsd_m=0.3)
+    assert len(east) == 2 and all(0.05 < (s.labels == 1).mean() < 0.6 for s in east)  # two blocks with buildings
+    paris = image_mask_source(str(buildings / "paris" / "RGB-PanSharpen_AOI_3_Paris_img418.png"),
+                              str(buildings / "paris" / "RGB-PanSharpen_AOI_3_Paris_img418_mask01.png"), 0.3, 0.3)
+    assert paris[0].labels.shape == (650, 650) and 0.1 < (paris[0].labels == 1).mean() < 0.2  # README: 0.153
+    dhaka = chips_source(str(buildings / "dhaka" / "chips"), str(buildings / "dhaka" / "masks"), 0.3,
+                         labels=str(buildings / "dhaka" / "buildings.geojson"))
+    assert len(dhaka) == 8 and np.mean([(s.labels == 1).mean() for s in dhaka]) > 0.3
+    with rasterio.open(buildings / "dhaka" / "chips" / "OAM-393753-226409-19.tif") as src:
+        assert src.crs.to_epsg() == 3857
