@@ -119,6 +119,9 @@ class TrainConfig(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     threads: int | None = None
     select_metric: str = "building_iou"
+    #: how crops pick a scene: "pixels" (in proportion to labelled pixels) or "places" (each place equally often,
+    #: then in proportion to pixels within it: 184 Mpx of Dubai would otherwise take 95 % of the crops)
+    sampling: Literal["pixels", "places"] = "pixels"
     init_from: str | None = None  # weights to fine-tune from (a shipped name or a path relative to the config)
     licence: str = ""
     attribution: str = ""
@@ -144,34 +147,41 @@ def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
 
 def load_scenes(config: TrainConfig, root: Path) -> list[LabelledScene]:
     scenes: list[LabelledScene] = []
-    at = lambda p: str(root / p) if p else None  # noqa: E731
     for src in config.sources:
-        if isinstance(src, GeotiffSource):
-            scenes += geotiff_source(at(src.image), config.gsd_m, labels=at(src.labels), mask=at(src.mask),
-                                     val_fraction=src.val_fraction, gap_px=src.gap_px,
-                                     separator_class=config.separator_class)
-        elif isinstance(src, ChipsSource):
-            scenes += chips_source(at(src.images), at(src.masks), config.gsd_m, split=src.split,
-                                   exclude_overlap_with=at(src.exclude_overlap_with), labels=at(src.labels),
-                                   separator_class=config.separator_class, distinct_ground=src.distinct_ground)
-        elif isinstance(src, ImageMaskSource):
-            scenes += image_mask_source(at(src.image), at(src.mask), config.gsd_m, src.native_gsd_m, split=src.split,
-                                        val_fraction=src.val_fraction, gap_px=src.gap_px)
-        elif isinstance(src, XYZSource):
-            scenes += xyz_source(at(src.tiles_csv), src.zoom, at(src.labels), config.gsd_m, split=src.split,
-                                 val_fraction=src.val_fraction, gap_px=src.gap_px,
-                                 separator_class=config.separator_class)
-        else:
-            scenes += dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles, src.buildings_only)
+        loaded = _load_source(src, config, root)
+        for scene in loaded:
+            scene.place = source_place(src)
+        scenes += loaded
     return scenes
+
+
+def _load_source(src: SourceBase, config: TrainConfig, root: Path) -> list[LabelledScene]:
+    at = lambda p: str(root / p) if p else None  # noqa: E731
+    if isinstance(src, GeotiffSource):
+        return geotiff_source(at(src.image), config.gsd_m, labels=at(src.labels), mask=at(src.mask),
+                              val_fraction=src.val_fraction, gap_px=src.gap_px, separator_class=config.separator_class)
+    if isinstance(src, ChipsSource):
+        return chips_source(at(src.images), at(src.masks), config.gsd_m, split=src.split,
+                            exclude_overlap_with=at(src.exclude_overlap_with), labels=at(src.labels),
+                            separator_class=config.separator_class, distinct_ground=src.distinct_ground)
+    if isinstance(src, ImageMaskSource):
+        return image_mask_source(at(src.image), at(src.mask), config.gsd_m, src.native_gsd_m, split=src.split,
+                                 val_fraction=src.val_fraction, gap_px=src.gap_px)
+    if isinstance(src, XYZSource):
+        return xyz_source(at(src.tiles_csv), src.zoom, at(src.labels), config.gsd_m, split=src.split,
+                          val_fraction=src.val_fraction, gap_px=src.gap_px, separator_class=config.separator_class)
+    return dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles, src.buildings_only)
 
 
 class CropSampler:
     """Random augmented crops: scale 0.75-1.33, flips and 90° turns, per-band gain/bias/gamma, some greyscale."""
 
-    def __init__(self, scenes: list[LabelledScene], crop_px: int, rng: np.random.Generator):
+    def __init__(self, scenes: list[LabelledScene], crop_px: int, rng: np.random.Generator, by_place: bool = False):
         self.scenes, self.crop_px, self.rng = scenes, crop_px, rng
         weights = np.array([max(s.labels.size * s.labelled_fraction, 64 * 64) for s in scenes], float)
+        if by_place:  # every place equally often, scenes within a place by their labelled pixels
+            places = [s.place for s in scenes]
+            weights /= np.array([sum(w for w, q in zip(weights, places) if q == p) for p in places])
         self.p = weights / weights.sum()
 
     def crop(self) -> tuple[np.ndarray, np.ndarray]:
@@ -345,7 +355,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
-    sampler = CropSampler(train_scenes, config.crop_px, rng)
+    sampler = CropSampler(train_scenes, config.crop_px, rng, by_place=config.sampling == "places")
     data_summary = {"train": {s.name: list(s.labels.shape) for s in train_scenes},
                     "val": {s.name: list(s.labels.shape) for s in val_scenes}}
     last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, state["epoch"] + stop_after_epochs)

@@ -107,3 +107,18 @@ def test_the_new_real_sources_load():
     assert len(dhaka) == 8 and np.mean([(s.labels == 1).mean() for s in dhaka]) > 0.3
     with rasterio.open(buildings / "dhaka" / "chips" / "OAM-393753-226409-19.tif") as src:
         assert src.crs.to_epsg() == 3857
+
+
+def test_sampling_by_place_gives_every_place_the_same_share_of_crops():
+    from geoseg.datasets import LabelledScene
+    from geoseg.train import CropSampler
+
+    def scene(place, px):
+        return LabelledScene(f"{place}-{px}", np.zeros((3, px, px), np.float32), np.zeros((px, px), np.uint8), "train",
+                             place)
+
+    scenes = [scene("dubai", 2000), scene("dubai", 1000), scene("paris", 300)]
+    by_pixels = CropSampler(scenes, 64, np.random.default_rng(0)).p
+    by_place = CropSampler(scenes, 64, np.random.default_rng(0), by_place=True).p
+    assert by_pixels[2] < 0.02
+    assert by_place[2] == pytest.approx(0.5) and by_place[0] == pytest.approx(0.4)  # 2000² of 2000² + 1000²

@@ -1,0 +1,146 @@
+"""Leave-one-place-out: how a building model does in a place it has never seen (issue 15's headline figure).
+
+    python benchmarks/leave_one_place_out.py CONFIG.yaml --out runs/lopo-NAME [--places dhaka,kampala,...]
+        [--epochs 6] [--steps 100] [--threads 2] [--compare MODEL ...] [--resume]
+
+For each place P (a source's ``place``, by default the folder under buildings/ or landcover/), a model is trained
+with the config's recipe on every source of every *other* place, for the same budget (``--epochs`` x ``--steps``
+steps of ``batch_size`` crops) in every fold, and its best epoch by the remaining places' validation split is
+kept (P takes no part in it). P is then scored end to end: each of its scenes (all splits), as the training code
+reads it (0.3 m, stretched), is written as a GeoTIFF on a local UTM grid with its labels as the reference raster
+(touching buildings merge there, as in SpaceNet's masks), goes through ``geoseg run --backend unet`` and is scored
+by ``geoseg evaluate``; pixel counts and polygon matches are pooled over P's scenes. Models given with
+``--compare`` (e.g. the shipped ``buildings-unet-r18``) are scored on the same regions; a place in their own
+training data is flagged ``seen``. The table gives each place and the mean over places (each place counts once).
+
+A fold whose ``OUT/P/best.safetensors`` exists is not trained again (``--resume`` continues an interrupted one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import yaml
+from affine import Affine
+
+from geoseg.card import ModelCard, resolve_model_path
+from geoseg.datasets import IGNORE, LabelledScene
+from geoseg.evaluate import evaluate
+from geoseg.pipeline import RunOptions, run_scene
+from geoseg.train import TrainConfig, load_config, load_scenes, source_place, train
+
+#: a stand-in grid for regions whose source is not georeferenced (and for all, so every place is treated alike)
+REGION_CRS, REGION_ORIGIN = "EPSG:32631", (500_000.0, 1_000_000.0)
+
+
+def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path) -> Path:
+    """The base config without ``place``'s sources, paths absolute, budget set; written to OUT/config.yaml."""
+    raw = yaml.safe_load(base_path.read_text())
+    config, root = load_config(base_path)
+    raw["sources"] = [s for s, parsed in zip(raw["sources"], config.sources) if source_place(parsed) != place]
+    raw.update(data_root=str(root), epochs=epochs, steps_per_epoch=steps, name=f"{config.name}-without-{place}")
+    if raw.get("init_from"):
+        raw["init_from"] = str((base_path.parent / raw["init_from"]).resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out / "config.yaml"
+
+
+def write_region(scene: LabelledScene, folder: Path, gsd_m: float) -> tuple[Path, Path]:
+    """A scene as a uint8 GeoTIFF (masked where there is no imagery) and its 0/1/255 reference raster."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = scene.name.replace("/", "_").replace(":", "_")
+    image, reference = folder / f"{stem}.tif", folder / f"{stem}.reference.tif"
+    _, h, w = scene.pixels.shape
+    profile = dict(driver="GTiff", width=w, height=h, crs=REGION_CRS, dtype="uint8",
+                   transform=Affine(gsd_m, 0, REGION_ORIGIN[0], 0, -gsd_m, REGION_ORIGIN[1]))
+    no_imagery = (scene.labels == IGNORE) & (scene.pixels.max(axis=0) == 0)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(image, "w", count=3, **profile) as dst:
+        dst.write(np.rint(scene.pixels * 255).astype(np.uint8))
+        dst.write_mask((~no_imagery).astype(np.uint8) * 255)
+    truth = np.where(scene.labels == IGNORE, IGNORE, scene.labels > 0).astype(np.uint8)  # separator = building
+    with rasterio.open(reference, "w", count=1, nodata=IGNORE, **profile) as dst:
+        dst.write(truth[None])
+    return image, reference
+
+
+def score(model: str, regions: list[tuple[Path, Path]], out: Path) -> dict:
+    """Pooled pixel IoU and SpaceNet F1 of ``model`` over the regions, end to end through the pipeline."""
+    totals = dict.fromkeys(("tp_pixels", "fp_pixels", "fn_pixels", "matched", "predicted_polygons",
+                            "reference_polygons"), 0)
+    options = RunOptions(backend="unet", model=model, workers=0, progress=False, formats=["gpkg"])
+    for image, reference in regions:
+        run_scene(image, out, options)
+        result = evaluate(str(out / image.stem), str(reference))
+        for key in totals:
+            totals[key] += result[key]
+    tp, fp, fn = totals["tp_pixels"], totals["fp_pixels"], totals["fn_pixels"]
+    precision = totals["matched"] / max(totals["predicted_polygons"], 1)
+    recall = totals["matched"] / max(totals["reference_polygons"], 1)
+    return {**totals, "building_iou": round(tp / max(tp + fp + fn, 1), 4),
+            "spacenet_f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4)}
+
+
+def seen_places(model: str) -> set[str]:
+    card = ModelCard.from_json(resolve_model_path(model).with_suffix(".json"))
+    config = TrainConfig.model_validate(card.training.get("config_values", {}))
+    return {source_place(s) for s in config.sources}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--places", default="dhaka,kampala,banepa,khartoum,dubai")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compare", nargs="*", default=[], help="models scored on the same regions, no training")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    base, out = Path(args.config), Path(args.out)
+    config, root = load_config(base)
+    places = args.places.split(",")
+    report: dict = {"config": str(base), "budget": {"epochs": args.epochs, "steps_per_epoch": args.steps,
+                                                    "batch_size": config.batch_size}, "places": {}}
+    all_scenes = load_scenes(config, root)
+    for place in places:
+        scenes = [s for s in all_scenes if s.place == place]
+        if not scenes:
+            sys.exit(f"no source of place {place!r} in {base}")
+        regions = [write_region(s, out / place / "regions", config.gsd_m) for s in scenes]
+        fold = out / place / "model"
+        if not (fold / "best.safetensors").exists() or args.resume:
+            t = time.perf_counter()
+            train(fold_config(base, place, args.epochs, args.steps, out / place), fold, resume=args.resume,
+                  progress=False, threads=args.threads)
+            print(f"{place}: fold trained in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        row = {"recipe": score(str(fold / "best.safetensors"), regions, out / place / "runs" / "recipe")}
+        for model in args.compare:
+            row[model] = score(model, regions, out / place / "runs" / Path(model).stem)
+            row[model]["seen"] = place in seen_places(model)
+        report["places"][place] = row
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+    variants = ["recipe", *args.compare]
+    print(f"\n{'place':12s} " + " ".join(f"{v[:24]:>26s}" for v in variants))
+    for place, row in report["places"].items():
+        cells = [f"IoU {row[v]['building_iou']:.3f} F1 {row[v]['spacenet_f1']:.3f}{'*' if row[v].get('seen') else ' '}"
+                 for v in variants]
+        print(f"{place:12s} " + " ".join(f"{c:>26s}" for c in cells))
+    means = {v: {m: round(float(np.mean([r[v][m] for r in report["places"].values()])), 4)
+                 for m in ("building_iou", "spacenet_f1")} for v in variants}
+    print(f"{'mean':12s} " + " ".join(f"{'IoU %.3f F1 %.3f ' % (means[v]['building_iou'], means[v]['spacenet_f1']):>26s}"
+                                      for v in variants))
+    print("* the place is in that model's training data")
+    report["mean"] = means
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

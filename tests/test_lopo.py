@@ -1,0 +1,45 @@
+"""The leave-one-place-out benchmark's pieces: a fold drops every source of its place, and a held-out region is
+written so that the pipeline and `geoseg evaluate` see what training saw (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import yaml
+
+from geoseg.datasets import IGNORE, LabelledScene
+from geoseg.train import load_config, source_place
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("lopo", ROOT / "benchmarks" / "leave_one_place_out.py")
+lopo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lopo)
+CONFIG = ROOT / "geoseg" / "configs" / "buildings-all-places.yaml"
+
+
+def test_a_fold_leaves_out_every_source_of_its_place_and_keeps_the_rest(tmp_path):
+    base, _ = load_config(CONFIG)
+    path = lopo.fold_config(CONFIG, "banepa", epochs=2, steps=10, out=tmp_path)
+    fold, root = load_config(path)
+    assert {source_place(s) for s in fold.sources} == {source_place(s) for s in base.sources} - {"banepa"}
+    assert len(fold.sources) == len(base.sources) - 2  # Banepa and Banepa east
+    assert fold.epochs == 2 and fold.steps_per_epoch == 10 and Path(yaml.safe_load(path.read_text())["data_root"]).is_absolute()
+
+
+def test_a_region_keeps_its_nodata_and_its_unknown_labels(tmp_path):
+    pixels = np.full((3, 40, 50), 0.5, np.float32)
+    pixels[:, :, :10] = 0  # no imagery
+    labels = np.zeros((40, 50), np.uint8)
+    labels[:, :10] = IGNORE
+    labels[5:15, 20:30] = 1
+    labels[15, 20:30] = 2  # a separator counts as building in the reference
+    labels[30:, 40:] = IGNORE  # imagery, but unlabelled
+    image, reference = lopo.write_region(LabelledScene("x/y:val", pixels, labels, "val", "x"), tmp_path, 0.3)
+    with rasterio.open(image) as src, rasterio.open(reference) as ref:
+        valid, truth = src.dataset_mask() > 0, ref.read(1)
+        assert src.res == (0.3, 0.3) and src.crs == ref.crs
+    assert not valid[:, :10].any() and valid[:, 10:].all()
+    assert (truth[5:16, 20:30] == 1).all() and (truth[30:, 40:] == IGNORE).all() and (truth[:, :10] == IGNORE).all()
