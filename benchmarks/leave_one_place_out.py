@@ -1,12 +1,13 @@
 """Leave-one-place-out: how a building model does in a place it has never seen (issue 15's headline figure).
 
     python benchmarks/leave_one_place_out.py CONFIG.yaml --out runs/lopo-NAME [--places dhaka,kampala,...]
-        [--epochs 6] [--steps 100] [--threads 2] [--compare MODEL ...] [--resume]
+        [--epochs 6] [--steps 100] [--threads 2] [--set augment=sensors ...] [--compare MODEL ...] [--resume]
 
 For each place P (a source's ``place``, by default the folder under buildings/ or landcover/), a model is trained
 with the config's recipe on every source of every *other* place, for the same budget (``--epochs`` x ``--steps``
 steps of ``batch_size`` crops) in every fold, and its best epoch by the remaining places' validation split is
-kept (P takes no part in it). P is then scored end to end: each of its scenes (all splits), as the training code
+kept (P takes no part in it). ``--set KEY=VALUE`` changes a top-level config value in every fold (a recipe
+variant: ``augment=sensors``, ``sampling=pixels``, ``encoder=resnet34``; values are read as YAML). P is then scored end to end: each of its scenes (all splits), as the training code
 reads it (0.3 m, stretched), is written as a GeoTIFF on a local UTM grid with its labels as the reference raster
 (touching buildings merge there, as in SpaceNet's masks), goes through ``geoseg run --backend unet`` and is scored
 by ``geoseg evaluate``; pixel counts and polygon matches are pooled over P's scenes. Models given with
@@ -39,9 +40,10 @@ from geoseg.train import TrainConfig, load_config, load_scenes, source_place, tr
 REGION_CRS, REGION_ORIGIN = "EPSG:32631", (500_000.0, 1_000_000.0)
 
 
-def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path) -> Path:
-    """The base config without ``place``'s sources, paths absolute, budget set; written to OUT/config.yaml."""
-    raw = yaml.safe_load(base_path.read_text())
+def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path, changes: dict | None = None) -> Path:
+    """The base config without ``place``'s sources, paths absolute, budget and ``changes`` applied; written to
+    OUT/config.yaml."""
+    raw = yaml.safe_load(base_path.read_text()) | (changes or {})
     config, root = load_config(base_path)
     raw["sources"] = [s for s, parsed in zip(raw["sources"], config.sources) if source_place(parsed) != place]
     raw.update(data_root=str(root), epochs=epochs, steps_per_epoch=steps, name=f"{config.name}-without-{place}")
@@ -101,13 +103,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe variant")
     parser.add_argument("--compare", nargs="*", default=[], help="models scored on the same regions, no training")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     base, out = Path(args.config), Path(args.out)
     config, root = load_config(base)
     places = args.places.split(",")
-    report: dict = {"config": str(base), "budget": {"epochs": args.epochs, "steps_per_epoch": args.steps,
+    changes = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    report: dict = {"config": str(base), "changes": changes, "budget": {"epochs": args.epochs, "steps_per_epoch": args.steps,
                                                     "batch_size": config.batch_size}, "places": {}}
     all_scenes = load_scenes(config, root)
     for place in places:
@@ -118,7 +122,7 @@ def main() -> None:
         fold = out / place / "model"
         if not (fold / "best.safetensors").exists() or args.resume:
             t = time.perf_counter()
-            train(fold_config(base, place, args.epochs, args.steps, out / place), fold, resume=args.resume,
+            train(fold_config(base, place, args.epochs, args.steps, out / place, changes), fold, resume=args.resume,
                   progress=False, threads=args.threads)
             print(f"{place}: fold trained in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         row = {"recipe": score(str(fold / "best.safetensors"), regions, out / place / "runs" / "recipe")}

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .card import ModelCard
 from .datasets import (IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source, image_mask_source,
                        xyz_source)
+from .augment import sensor_augment
 from .errors import GeosegError
 from .losses import training_loss
 from .model import GeoModel, build_model, init_weights_from, save_model, use_bf16
@@ -122,6 +123,9 @@ class TrainConfig(Strict):
     #: how crops pick a scene: "pixels" (in proportion to labelled pixels) or "places" (each place equally often,
     #: then in proportion to pixels within it: 184 Mpx of Dubai would otherwise take 95 % of the crops)
     sampling: Literal["pixels", "places"] = "pixels"
+    #: "basic": per-band gain/bias/gamma and some greyscale; "sensors": also hue, saturation, blur/sharpen, noise,
+    #: JPEG (geoseg.augment)
+    augment: Literal["basic", "sensors"] = "basic"
     init_from: str | None = None  # weights to fine-tune from (a shipped name or a path relative to the config)
     licence: str = ""
     attribution: str = ""
@@ -176,8 +180,9 @@ def _load_source(src: SourceBase, config: TrainConfig, root: Path) -> list[Label
 class CropSampler:
     """Random augmented crops: scale 0.75-1.33, flips and 90° turns, per-band gain/bias/gamma, some greyscale."""
 
-    def __init__(self, scenes: list[LabelledScene], crop_px: int, rng: np.random.Generator, by_place: bool = False):
-        self.scenes, self.crop_px, self.rng = scenes, crop_px, rng
+    def __init__(self, scenes: list[LabelledScene], crop_px: int, rng: np.random.Generator, by_place: bool = False,
+                 sensors: bool = False):
+        self.scenes, self.crop_px, self.rng, self.sensors = scenes, crop_px, rng, sensors
         weights = np.array([max(s.labels.size * s.labelled_fraction, 64 * 64) for s in scenes], float)
         if by_place:  # every place equally often, scenes within a place by their labelled pixels
             places = [s.place for s in scenes]
@@ -210,6 +215,8 @@ class CropSampler:
             x = np.repeat(x.mean(axis=0, keepdims=True), 3, axis=0)
         gain, bias = rng.uniform(0.8, 1.2, (3, 1, 1)), rng.uniform(-0.1, 0.1, (3, 1, 1))
         x = np.clip(x * gain + bias, 0, 1) ** rng.uniform(0.7, 1.4)
+        if self.sensors:
+            x = sensor_augment(x, rng)
         return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y)
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,7 +362,8 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
-    sampler = CropSampler(train_scenes, config.crop_px, rng, by_place=config.sampling == "places")
+    sampler = CropSampler(train_scenes, config.crop_px, rng, by_place=config.sampling == "places",
+                          sensors=config.augment == "sensors")
     data_summary = {"train": {s.name: list(s.labels.shape) for s in train_scenes},
                     "val": {s.name: list(s.labels.shape) for s in val_scenes}}
     last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, state["epoch"] + stop_after_epochs)

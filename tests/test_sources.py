@@ -122,3 +122,19 @@ def test_sampling_by_place_gives_every_place_the_same_share_of_crops():
     by_place = CropSampler(scenes, 64, np.random.default_rng(0), by_place=True).p
     assert by_pixels[2] < 0.02
     assert by_place[2] == pytest.approx(0.5) and by_place[0] == pytest.approx(0.4)  # 2000² of 2000² + 1000²
+
+
+def test_sensor_augmentation_keeps_range_and_grey_and_changes_colour():
+    from geoseg.augment import hue_saturation, sensor_augment
+
+    grey = np.full((3, 8, 8), 0.4, np.float32)
+    assert np.allclose(hue_saturation(grey, 17, 1.3), grey)  # a turn about the grey axis leaves grey alone
+    red = np.zeros((3, 8, 8), np.float32)
+    red[0] = 0.8
+    turned = hue_saturation(red, 120, 1.0)
+    assert turned[1].mean() == pytest.approx(0.8, abs=1e-5) and turned[0].mean() == pytest.approx(0.0, abs=1e-5)
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 64, 64)).astype(np.float32)
+    outs = [sensor_augment(x, rng) for _ in range(20)]
+    assert all(o.dtype == np.float32 and o.shape == x.shape and 0 <= o.min() and o.max() <= 1 for o in outs)
+    assert sum(not np.allclose(o, x) for o in outs) >= 15
