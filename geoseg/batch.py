@@ -151,14 +151,17 @@ def _run_options(job: Job, spec: BackendSpec, scheduler: str | None) -> RunOptio
                       score_threshold=job.score_threshold,
                       tile_px=job.tiling.tile_px, overlap_px=job.tiling.overlap_px, batch_tiles=job.tiling.batch_tiles,
                       formats=list(job.output.formats), min_area_m2=job.output.min_area_m2,
-                      simplify_m=job.output.simplify_m, workers=0 if scheduler is None else None,
+                      simplify_m=job.output.simplify_m, regularise=job.output.regularise,
+                      min_rectangularity=job.output.min_rectangularity, workers=0 if scheduler is None else None,
                       scheduler=scheduler, progress=False)
 
 
 def _settings_key(job: Job, spec: BackendSpec) -> str:
     """Checksum of everything besides input and weights that changes the outputs."""
+    shaping = {"regularise": False, "min_rectangularity": 0.0}  # left out at their defaults: older keys hold
+    output = {k: v for k, v in job.output.model_dump(exclude={"folder"}).items() if not (k in shaping and v == shaping[k])}
     fields = {"backend": spec.name, "tau": job.tau, "precision": job.precision, "tiling": job.tiling.model_dump(),
-              "output": job.output.model_dump(exclude={"folder"}), "geoseg": __version__}
+              "output": output, "geoseg": __version__}
     if job.score_threshold is not None:  # only when set: earlier manifests keep their keys
         fields["score_threshold"] = job.score_threshold
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

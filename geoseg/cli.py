@@ -39,6 +39,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="vector formats: geojson,gpkg,shp,parquet (default: all)")
     p.add_argument("--min-area", type=float, default=4.0, dest="min_area_m2", help="drop buildings under this many m2")
     p.add_argument("--simplify", type=float, default=0.25, dest="simplify_m", help="simplify tolerance in metres")
+    p.add_argument("--regularise", action="store_true", help="right-angled building outlines instead of simplified ones")
+    p.add_argument("--min-rectangularity", type=float, default=0.0,
+                   help="drop polygons whose area is under this fraction of their bounding rectangle's (0-1; 0: off)")
     p.add_argument("--separator-threshold", type=float, default=None,
                    help="P(separator) that splits touching buildings (models with a separator class; default: the card's)")
     p.add_argument("--separator-dilate", type=int, default=None, dest="separator_dilate_px",

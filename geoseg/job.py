@@ -42,6 +42,8 @@ class Output(Strict):
     formats: list[str] = Field(default_factory=lambda: list(VECTOR_FORMATS))
     min_area_m2: float = Field(4.0, ge=0)
     simplify_m: float = Field(0.25, ge=0)
+    regularise: bool = False
+    min_rectangularity: float = Field(0.0, ge=0, le=1)
 
     @field_validator("formats")
     @classmethod

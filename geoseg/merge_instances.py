@@ -77,7 +77,7 @@ class InstanceCollector:
 
 
 def instances_to_frame(instances: list[Instance], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
-                       simplify_m: float = 0.0) -> tuple[gpd.GeoDataFrame, list[Instance]]:
+                       simplify_m: float = 0.0, **shaping) -> tuple[gpd.GeoDataFrame, list[Instance]]:
     """Polygons (the largest part of each mask) in the grid's CRS with id, score, area_m2; and the instances
     kept, in id order (id = position + 1)."""
     ordered = sorted(instances, key=lambda i: (i.row_px, i.col_px, -i.score))
@@ -87,7 +87,7 @@ def instances_to_frame(instances: list[Instance], grid: Grid, gsd_m: float, min_
                                               transform=Affine.translation(inst.col_px, inst.row_px)) if v]
         polygons.append(max(parts, key=lambda p: p.area))
     frame, keep = georeference(polygons, {"score": [round(i.score, 4) for i in ordered]}, grid, gsd_m, min_area_m2,
-                               simplify_m)
+                               simplify_m, **shaping)
     return frame, [inst for inst, k in zip(ordered, keep) if k]
 
 

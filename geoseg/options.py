@@ -37,6 +37,8 @@ class RunOptions:
     formats: list[str] = field(default_factory=lambda: list(VECTOR_FORMATS))
     min_area_m2: float = 4.0
     simplify_m: float = 0.25
+    regularise: bool = False  # right-angled outlines (geoseg.outline) instead of simplified ones
+    min_rectangularity: float = 0.0  # drop polygons less rectangular than this (0-1; tree crowns, blobs)
     separator_threshold: float | None = None  # P(separator) that splits touching buildings; None: the card's
     separator_dilate_px: int | None = None  # None: the card's
     workers: int | None = None  # None: one per CPU core; 0: in-process, no cluster
@@ -64,6 +66,8 @@ class RunOptions:
         finite_at_least("--separator-dilate", self.separator_dilate_px, 0)
         if self.target_gsd_m is not None and not (math.isfinite(self.target_gsd_m) and self.target_gsd_m > 0):
             bad("--target-gsd", self.target_gsd_m, "a ground sample distance in metres must be > 0")
+        if not (math.isfinite(self.min_rectangularity) and 0 <= self.min_rectangularity <= 1):
+            bad("--min-rectangularity", self.min_rectangularity, "area over bounding-rectangle area must be in [0, 1]")
         if self.separator_threshold is not None and not 0 <= self.separator_threshold <= 1:
             bad("--separator-threshold", self.separator_threshold, "a probability must be in [0, 1]")
         if self.tau is not None and not (math.isfinite(self.tau) and 0 < self.tau <= 1):

@@ -261,14 +261,16 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     t = time.perf_counter()
     # 0.8: a margin for the difference between pixel area and area in the metric CRS; exact filter follows
     min_pixels = int(0.8 * opts.min_area_m2 / facts["grid_gsd_m"] ** 2)
+    shaping = {"regularise": opts.regularise, "min_rectangularity": opts.min_rectangularity}
     separator = {"separator_threshold": _either(opts.separator_threshold, card.separator_threshold),
                  "separator_dilate_px": _either(opts.separator_dilate_px, card.separator_dilate_px)}
     if collector is None:
         pieces = building_pieces(mask_tmp, prob_tmp, grid, card.building_class, min_pixels=min_pixels,
                                  separator_path=separator_tmp, **separator)
-        frame = pieces_to_frame(pieces, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m)
+        frame = pieces_to_frame(pieces, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m, **shaping)
     else:  # one polygon per instance, each building once across tiles
-        frame, kept = instances_to_frame(collector.kept, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m)
+        frame, kept = instances_to_frame(collector.kept, grid, facts["grid_gsd_m"], opts.min_area_m2, opts.simplify_m,
+                                         **shaping)
         write_instance_raster(kept, grid, prob_tmp, str(staging / "instances.raw.tif"))
     vectorise_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -318,6 +320,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
         **(separator if card.separator_class is not None else {}),
         "min_area_m2": opts.min_area_m2,
         "simplify_m": opts.simplify_m,
+        **shaping,
         "peak_rss_mb": round(_peak_rss_mb() + worker_rss, 1),
         "peak_rss_mb_driver": round(_peak_rss_mb(), 1),
         "peak_rss_mb_workers": round(worker_rss, 1),

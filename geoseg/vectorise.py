@@ -39,6 +39,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import shape
 
+from .outline import rectangularity, regularise_px
 from .read import Grid
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -186,12 +187,20 @@ def metric_crs(crs: ProjCRS, gdf: gpd.GeoDataFrame) -> ProjCRS:
 
 
 def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
-                 simplify_m: float = 0.0) -> tuple[gpd.GeoDataFrame, np.ndarray]:
+                 simplify_m: float = 0.0, regularise: bool = False,
+                 min_rectangularity: float = 0.0) -> tuple[gpd.GeoDataFrame, np.ndarray]:
     """Polygons in grid pixel coordinates (with per-polygon ``columns``) to a GeoDataFrame in the grid's CRS:
-    simplified by ``simplify_m`` (metres, applied in pixels), ``area_m2`` added, those under ``min_area_m2``
-    dropped, ``id`` 1..n in the given order. Also returns which input polygons were kept (bool array)."""
+    those less rectangular than ``min_rectangularity`` dropped (see :mod:`geoseg.outline`), simplified by
+    ``simplify_m`` (metres, applied in pixels) or, with ``regularise``, given right-angled outlines,
+    ``area_m2`` added, those under ``min_area_m2`` dropped, ``id`` 1..n in the given order. Also returns which
+    input polygons were kept (bool array)."""
     crs = ProjCRS.from_wkt(grid.crs_wkt)
-    if simplify_m > 0 and polygons_px:
+    shaped = rectangularity(polygons_px) >= min_rectangularity if min_rectangularity > 0 else np.ones(len(polygons_px), bool)
+    polygons_px = [p for p, k in zip(polygons_px, shaped) if k]
+    columns = {name: [v for v, k in zip(values, shaped) if k] for name, values in columns.items()}
+    if regularise and polygons_px:
+        polygons_px = regularise_px(polygons_px, gsd_m, simplify_m)
+    elif simplify_m > 0 and polygons_px:
         polygons_px = list(shapely.simplify(polygons_px, simplify_m / gsd_m, preserve_topology=True))
     t = grid.transform
     geoms = [shapely.affinity.affine_transform(p, [t.a, t.b, t.d, t.e, t.c, t.f]) for p in polygons_px]
@@ -204,15 +213,18 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
     else:
         frame["area_m2"] = np.array([], dtype=float)
     frame.insert(0, "id", np.arange(1, len(frame) + 1, dtype=np.int64))
-    return frame, keep
+    kept = shaped.copy()
+    kept[shaped] = keep
+    return frame, kept
 
 
 def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
-                    simplify_m: float = 0.0) -> gpd.GeoDataFrame:
+                    simplify_m: float = 0.0, **shaping) -> gpd.GeoDataFrame:
     """Georeference pieces: GeoDataFrame in the grid's CRS with ``id``, ``confidence``, ``area_m2``.
 
     ``id`` is 1..n in order of each polygon's top-left pixel (row, then column), stable for the same mask.
     """
     pieces = sorted(pieces, key=lambda p: (p.polygon.bounds[1], p.polygon.bounds[0]))
     confidence = [round(p.probability_sum / p.pixels / 255.0, 4) for p in pieces]
-    return georeference([p.polygon for p in pieces], {"confidence": confidence}, grid, gsd_m, min_area_m2, simplify_m)[0]
+    return georeference([p.polygon for p in pieces], {"confidence": confidence}, grid, gsd_m, min_area_m2, simplify_m,
+                        **shaping)[0]

@@ -169,6 +169,7 @@ BAD_OPTIONS = [
     (["--tile", "0"], "--tile"),
     (["--overlap", "-4"], "--overlap"),
     (["--tau", "0"], "--tau"),
+    (["--min-rectangularity", "2"], "--min-rectangularity"),
     (["--device", "potato"], "--device"),
     (["--scheduler", "notaurl"], "--scheduler"),
 ]

@@ -115,3 +115,33 @@ def test_specks_are_dropped_early_but_border_pieces_are_kept(tmp_path):
         paths[name] = str(write_scene(tmp_path / f"{name}.tif", arr[None].astype(np.uint8), gsd_m=0.5))
     pieces = building_pieces(paths["mask"], paths["prob"], grid, 1, window_px=64, min_pixels=3)
     assert sorted(p.pixels for p in pieces) == [4, 100]
+
+
+def test_regularised_outlines_are_right_angled_and_the_shape_filter_drops_round_blobs(tmp_path):
+    """A tilted, ragged rectangle comes out with right angles; a disc (a tree crown) is dropped by
+    --min-rectangularity 0.85 while the rectangle stays (the pixel stand-in outlines bright pixels)."""
+    import geopandas as gpd
+    import shapely
+    from rasterio.features import rasterize
+
+    from geoseg.outline import rectangularity
+    from geoseg.pipeline import RunOptions, run_scene
+
+    from conftest import PixelBackend, write_scene
+
+    rect = shapely.affinity.rotate(shapely.box(40, 60, 100, 100), 25, origin="centroid")
+    disc = shapely.Point(170, 170).buffer(18)
+    mask = rasterize([(rect, 1), (disc, 1)], out_shape=(240, 240)).astype(bool)
+    data = np.where(mask, 240, 20).astype("uint8")[None].repeat(3, 0)
+    scene = write_scene(tmp_path / "scene.tif", data)
+    base = dict(workers=0, progress=False, formats=["gpkg"], min_area_m2=1.0)
+    plain = run_scene(scene, tmp_path / "plain", RunOptions(**base), backend=PixelBackend())
+    shaped = run_scene(scene, tmp_path / "shaped", RunOptions(**base, regularise=True, min_rectangularity=0.85),
+                       backend=PixelBackend())
+    assert plain["buildings"] == 2 and shaped["buildings"] == 1 and shaped["regularise"] is True
+    outline = gpd.read_file(tmp_path / "shaped" / "scene" / "buildings.gpkg").geometry.iloc[0]
+    ring = np.asarray(outline.exterior.coords)[:-1]
+    edges = np.roll(ring, -1, axis=0) - ring
+    cosines = [abs(np.dot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b)) for a, b in zip(edges, np.roll(edges, -1, 0))]
+    assert max(cosines) < 0.05  # every corner within 3 degrees of square
+    assert rectangularity([outline])[0] > 0.97 and outline.area == pytest.approx(60 * 40 * 0.09, rel=0.1)
