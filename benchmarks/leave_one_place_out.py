@@ -2,6 +2,7 @@
 
     python benchmarks/leave_one_place_out.py CONFIG.yaml --out runs/lopo-NAME [--places dhaka,kampala,...]
         [--epochs 6] [--steps 100] [--threads 2] [--set augment=sensors ...] [--compare MODEL ...] [--resume]
+        [--run regularise=true,min_rectangularity=0.8 ...]
 
 For each place P (a source's ``place``, by default the folder under buildings/ or landcover/), a model is trained
 with the config's recipe on every source of every *other* place, for the same budget (``--epochs`` x ``--steps``
@@ -14,7 +15,10 @@ by ``geoseg evaluate``; pixel counts and polygon matches are pooled over P's sce
 ``--compare`` (e.g. the shipped ``buildings-unet-r18``) are scored on the same regions; a place in their own
 training data is flagged ``seen``. The table gives each place and the mean over places (each place counts once).
 
-A fold whose ``OUT/P/best.safetensors`` exists is not trained again (``--resume`` continues an interrupted one).
+``--run OPTIONS`` also scores each fold model with those ``geoseg run`` options (RunOptions fields, comma-separated
+KEY=VALUE), one column per ``--run``: the outline options are measured this way, without training again.
+
+A fold whose ``OUT/P/model/best.safetensors`` exists is not trained again (``--resume`` continues an interrupted one).
 """
 
 from __future__ import annotations
@@ -72,11 +76,13 @@ def write_region(scene: LabelledScene, folder: Path, gsd_m: float) -> tuple[Path
     return image, reference
 
 
-def score(model: str, regions: list[tuple[Path, Path]], out: Path) -> dict:
-    """Pooled pixel IoU and SpaceNet F1 of ``model`` over the regions, end to end through the pipeline."""
+def score(model: str, regions: list[tuple[Path, Path]], out: Path, run_options: dict | None = None) -> dict:
+    """Pooled pixel IoU and SpaceNet F1 of ``model`` over the regions, end to end through the pipeline
+    (``run_options``: RunOptions fields, e.g. ``{"regularise": True}``)."""
     totals = dict.fromkeys(("tp_pixels", "fp_pixels", "fn_pixels", "matched", "predicted_polygons",
                             "reference_polygons"), 0)
-    options = RunOptions(backend="unet", model=model, workers=0, progress=False, formats=["gpkg"])
+    options = RunOptions(backend="unet", model=model, workers=0, progress=False, formats=["gpkg"],
+                         **(run_options or {}))
     for image, reference in regions:
         run_scene(image, out, options)
         result = evaluate(str(out / image.stem), str(reference))
@@ -106,6 +112,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe variant")
     parser.add_argument("--compare", nargs="*", default=[], help="models scored on the same regions, no training")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--run", action="append", default=[], metavar="KEY=VALUE,...",
+                        help="also score the fold models with these run options")
     args = parser.parse_args()
     base, out = Path(args.config), Path(args.out)
     config, root = load_config(base)
@@ -126,12 +134,16 @@ def main() -> None:
                   progress=False, threads=args.threads)
             print(f"{place}: fold trained in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         row = {"recipe": score(str(fold / "best.safetensors"), regions, out / place / "runs" / "recipe")}
+        for variant in args.run:
+            options = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in variant.split(","))}
+            row[f"recipe {variant}"] = score(str(fold / "best.safetensors"), regions,
+                                             out / place / "runs" / variant.replace("=", "-").replace(",", "_"), options)
         for model in args.compare:
             row[model] = score(model, regions, out / place / "runs" / Path(model).stem)
             row[model]["seen"] = place in seen_places(model)
         report["places"][place] = row
         (out / "report.json").write_text(json.dumps(report, indent=2))
-    variants = ["recipe", *args.compare]
+    variants = ["recipe", *(f"recipe {v}" for v in args.run), *args.compare]
     print(f"\n{'place':12s} " + " ".join(f"{v[:24]:>26s}" for v in variants))
     for place, row in report["places"].items():
         cells = [f"IoU {row[v]['building_iou']:.3f} F1 {row[v]['spacenet_f1']:.3f}{'*' if row[v].get('seen') else ' '}"
