@@ -6,7 +6,10 @@ The validation regions of the training config are cut from the *original* images
 resolution: the last ``val_fraction`` of the rows, as in training) and written as GeoTIFFs. Kampala val-chips
 that share no ground with training chips are mosaicked per zoom level when they form one gap-free rectangle
 (16 chips of 19 m at zoom 21 are one 76 m block): scored chip by chip, every building that a chip border
-cuts would count as two reference fragments, which no real scene has. Each goes through the real pipeline with the
+cuts would count as two reference fragments, which no real scene has. A chips source with ``distinct_ground``
+gives only the chips that show its ground once (Kampala's block at zoom 19, not again at 20 and 21). Sources
+without an original GeoTIFF to cut (``xyz``, ``image_mask``, ``dubai``) are scored as training reads them,
+against their label raster. Each goes through the real pipeline with the
 model, and its outputs are scored against the original footprints. Counts are pooled over all regions.
 For instance models a second run keeps every detection scoring >= 0.05 for COCO mask AP / AP50; SpaceNet F1
 and pixel IoU are those of the card's operating threshold.
@@ -28,9 +31,10 @@ from rasterio.merge import merge
 from rasterio.windows import Window
 
 from geoseg.card import INSTANCE_ARCHITECTURES
-from geoseg.datasets import chips_sharing_no_ground
-from geoseg.evaluate import average_precision, evaluate
-from geoseg.train import ChipsSource, GeotiffSource, load_config
+from geoseg.datasets import chips_of_distinct_ground, chips_sharing_no_ground
+from geoseg.evaluate import average_precision, evaluate, write_labelled_region
+from geoseg.train import (ChipsSource, DubaiSource, GeotiffSource, ImageMaskSource, XYZSource, load_config,
+                          load_scenes)
 
 #: instance models' mask AP ranks every detection scoring at least this (torchvision's and COCO practice), not
 #: only those above the card's operating threshold, which F1 and IoU use
@@ -63,12 +67,20 @@ def validation_regions(config_path: str, out: Path, split: str = "val") -> list[
         elif isinstance(src, ChipsSource) and src.split == "val" and split == "val":
             reference = root / (src.labels or Path(src.images).parent / "chips_buildings.geojson")
             other = root / src.exclude_overlap_with if src.exclude_overlap_with else None
+            chips = chips_sharing_no_ground(root / src.images, other)
+            if src.distinct_ground:  # the same buildings at several zoom levels are scored once
+                chips = chips_of_distinct_ground(chips, config.gsd_m)
             by_zoom = defaultdict(list)
-            for chip in chips_sharing_no_ground(root / src.images, other):
+            for chip in chips:
                 by_zoom[chip.stem.rsplit("-", 1)[-1]].append(chip)
             for zoom, chips in sorted(by_zoom.items()):
                 block = out / "regions" / f"{Path(src.images).parent.name}_val_z{zoom}.tif"
                 regions += [(path, reference) for path in mosaic_if_contiguous(chips, block)]
+        elif isinstance(src, (XYZSource, ImageMaskSource, DubaiSource)) and split == "val":
+            # no original GeoTIFF to cut: the validation scenes as training reads them, scored against their labels
+            one = config.model_copy(update={"sources": [src]})
+            regions += [write_labelled_region(scene, out / "regions", config.gsd_m)
+                        for scene in load_scenes(one, root) if scene.split == "val"]
     return regions
 
 

@@ -30,19 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import yaml
-from affine import Affine
 
 from geoseg.card import ModelCard, resolve_model_path
-from geoseg.datasets import IGNORE, LabelledScene
-from geoseg.evaluate import evaluate
+from geoseg.evaluate import evaluate, write_labelled_region
 from geoseg.pipeline import RunOptions, run_scene
 from geoseg.train import TrainConfig, load_config, load_scenes, source_place, train
-
-#: a stand-in grid for regions whose source is not georeferenced (and for all, so every place is treated alike)
-REGION_CRS, REGION_ORIGIN = "EPSG:32631", (500_000.0, 1_000_000.0)
-
 
 def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path, changes: dict | None = None) -> Path:
     """The base config without ``place``'s sources, paths absolute, budget and ``changes`` applied; written to
@@ -56,24 +49,6 @@ def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return out / "config.yaml"
-
-
-def write_region(scene: LabelledScene, folder: Path, gsd_m: float) -> tuple[Path, Path]:
-    """A scene as a uint8 GeoTIFF (masked where there is no imagery) and its 0/1/255 reference raster."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = scene.name.replace("/", "_").replace(":", "_")
-    image, reference = folder / f"{stem}.tif", folder / f"{stem}.reference.tif"
-    _, h, w = scene.pixels.shape
-    profile = dict(driver="GTiff", width=w, height=h, crs=REGION_CRS, dtype="uint8",
-                   transform=Affine(gsd_m, 0, REGION_ORIGIN[0], 0, -gsd_m, REGION_ORIGIN[1]))
-    no_imagery = (scene.labels == IGNORE) & (scene.pixels.max(axis=0) == 0)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(image, "w", count=3, **profile) as dst:
-        dst.write(np.rint(scene.pixels * 255).astype(np.uint8))
-        dst.write_mask((~no_imagery).astype(np.uint8) * 255)
-    truth = np.where(scene.labels == IGNORE, IGNORE, scene.labels > 0).astype(np.uint8)  # separator = building
-    with rasterio.open(reference, "w", count=1, nodata=IGNORE, **profile) as dst:
-        dst.write(truth[None])
-    return image, reference
 
 
 def score(model: str, regions: list[tuple[Path, Path]], out: Path, run_options: dict | None = None) -> dict:
@@ -126,7 +101,7 @@ def main() -> None:
         scenes = [s for s in all_scenes if s.place == place]
         if not scenes:
             sys.exit(f"no source of place {place!r} in {base}")
-        regions = [write_region(s, out / place / "regions", config.gsd_m) for s in scenes]
+        regions = [write_labelled_region(s, out / place / "regions", config.gsd_m) for s in scenes]
         fold = out / place / "model"
         if not (fold / "best.safetensors").exists() or args.resume:
             t = time.perf_counter()

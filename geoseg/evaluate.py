@@ -196,3 +196,30 @@ def format_table(result: dict) -> str:
     rows = [(k, result[k]) for k in keys if k in result]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+#: a stand-in grid for regions written from in-memory scenes (whose source may not be georeferenced)
+REGION_CRS, REGION_ORIGIN = "EPSG:32631", (500_000.0, 1_000_000.0)
+
+
+def write_labelled_region(scene, folder: Path, gsd_m: float) -> tuple[Path, Path]:
+    """A :class:`geoseg.datasets.LabelledScene` as the training code reads it (``gsd_m``, stretched) written as a
+    uint8 GeoTIFF on a stand-in UTM grid, masked where there is no imagery, and its reference raster (1 building,
+    separators included, 0 background, 255 unknown): for scoring sources that are not georeferenced, or not
+    polygons, end to end. Touching buildings merge in such a reference, as in SpaceNet's masks."""
+    from affine import Affine
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = scene.name.replace("/", "_").replace(":", "_")
+    image, reference = folder / f"{stem}.tif", folder / f"{stem}.reference.tif"
+    _, h, w = scene.pixels.shape
+    profile = dict(driver="GTiff", width=w, height=h, crs=REGION_CRS, dtype="uint8",
+                   transform=Affine(gsd_m, 0, REGION_ORIGIN[0], 0, -gsd_m, REGION_ORIGIN[1]))
+    no_imagery = (scene.labels == IGNORE) & (scene.pixels.max(axis=0) == 0)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(image, "w", count=3, **profile) as dst:
+        dst.write(np.rint(scene.pixels * 255).astype(np.uint8))
+        dst.write_mask((~no_imagery).astype(np.uint8) * 255)
+    truth = np.where(scene.labels == IGNORE, IGNORE, scene.labels > 0).astype(np.uint8)
+    with rasterio.open(reference, "w", count=1, nodata=IGNORE, **profile) as dst:
+        dst.write(truth[None])
+    return image, reference

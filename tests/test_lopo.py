@@ -11,6 +11,7 @@ import rasterio
 import yaml
 
 from geoseg.datasets import IGNORE, LabelledScene
+from geoseg.evaluate import write_labelled_region
 from geoseg.train import load_config, source_place
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def test_a_region_keeps_its_nodata_and_its_unknown_labels(tmp_path):
     labels[5:15, 20:30] = 1
     labels[15, 20:30] = 2  # a separator counts as building in the reference
     labels[30:, 40:] = IGNORE  # imagery, but unlabelled
-    image, reference = lopo.write_region(LabelledScene("x/y:val", pixels, labels, "val", "x"), tmp_path, 0.3)
+    image, reference = write_labelled_region(LabelledScene("x/y:val", pixels, labels, "val", "x"), tmp_path, 0.3)
     with rasterio.open(image) as src, rasterio.open(reference) as ref:
         valid, truth = src.dataset_mask() > 0, ref.read(1)
         assert src.res == (0.3, 0.3) and src.crs == ref.crs
