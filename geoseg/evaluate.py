@@ -6,7 +6,8 @@ a class raster (+ optional polygons). The reference is a vector file (any CRS) o
 * Pixel metrics are counted on the prediction's grid: the reference is rasterised (vector) or warped with
   nearest neighbour (raster) onto it; pixels that are nodata in the prediction or unknown in the reference
   are left out.
-* SpaceNet metric: predicted and reference polygons in one metric CRS (the local UTM zone), reference
+* SpaceNet metric: predicted and reference polygons in one metric CRS (the scene's own if UTM, else a Lambert
+  azimuthal equal-area CRS centred on the scene: see ``geoseg.vectorise.metric_crs``), reference
   polygons cut to the prediction's footprint and limited to those whose representative point falls on a valid
   prediction pixel; polygons of either side under ``min_area_m2`` (default 4, as ``geoseg run``) are left out; pairs are matched
   one-to-one, greedily by decreasing IoU, and a match needs IoU >= 0.5. Precision = matches / predictions,
@@ -32,6 +33,7 @@ from .datasets import IGNORE, read_on_grid, vector_labels_on_grid
 from .errors import GeosegError
 from .read import Grid
 from .stitch import MASK_NODATA
+from .vectorise import metric_crs
 
 VECTOR_SUFFIXES = (".gpkg", ".parquet", ".geojson", ".shp", ".json", ".fgb")
 MATCH_IOU = 0.5
@@ -166,11 +168,14 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
              "building_recall": round(tp / max(tp + fn, 1), 4), "pixels": int(known.sum()),
              "tp_pixels": tp, "fp_pixels": fp, "fn_pixels": fn}
     predicted = read_polygons(vector_path) if vector_path else polygons_from_array(np.where(valid, classes, MASK_NODATA), grid, building)
-    metric = predicted.estimate_utm_crs() if len(predicted) else ref_polygons.estimate_utm_crs()
+    # the scene's own CRS if UTM, else an equal-area one centred on it: defined for any scene, also one with no
+    # building on either side (estimate_utm_crs of two empty frames raised) and at the poles
+    extent = gpd.GeoDataFrame(geometry=[shapely.box(*rasterio.transform.array_bounds(grid.height, grid.width,
+                                                                                      grid.transform))], crs=grid.crs)
+    metric = metric_crs(extent.crs, extent)
     predicted, ref_polygons = predicted.to_crs(metric), ref_polygons.to_crs(metric)
     # as SpaceNet does: reference buildings are cut to the image footprint before matching
-    footprint = gpd.GeoSeries([shapely.box(*rasterio.transform.array_bounds(grid.height, grid.width, grid.transform))],
-                              crs=grid.crs).to_crs(metric).iloc[0]
+    footprint = extent.to_crs(metric).geometry.iloc[0]
     ref_polygons = ref_polygons.assign(geometry=ref_polygons.geometry.intersection(footprint))
     ref_polygons = ref_polygons[ref_polygons.geometry.area >= min_area_m2].reset_index(drop=True)
     predicted = predicted[predicted.geometry.area >= min_area_m2].reset_index(drop=True)

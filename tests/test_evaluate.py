@@ -65,3 +65,22 @@ def test_matching_is_one_to_one():
     pred = gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 10, 10), shapely.box(0, 0, 10, 9)], crs="EPSG:32636")
     scores = spacenet_scores(pred, ref)
     assert scores["matched"] == 1 and scores["spacenet_precision"] == 0.5 and scores["spacenet_recall"] == 1.0
+
+
+def test_a_region_without_buildings_on_either_side_scores_without_error(tmp_path):
+    """A chip with no reference building where the model found none either: estimate_utm_crs of two empty frames
+    raised ValueError and stopped a whole benchmark."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    from geoseg.evaluate import evaluate
+
+    profile = dict(driver="GTiff", width=32, height=32, count=1, dtype="uint8", crs="EPSG:3857",
+                   transform=Affine(0.3, 0, 1e6, 0, -0.3, 1e6))
+    for name in ("pred.tif", "ref.tif"):
+        with rasterio.open(tmp_path / name, "w", **profile) as dst:
+            dst.write(np.zeros((1, 32, 32), np.uint8))
+    result = evaluate(tmp_path / "pred.tif", tmp_path / "ref.tif", building_class=1)
+    assert result["matched"] == result["predicted_polygons"] == result["reference_polygons"] == 0
+    assert result["fp_pixels"] == result["fn_pixels"] == 0
