@@ -32,7 +32,7 @@ from rasterio.windows import Window
 
 from geoseg.card import INSTANCE_ARCHITECTURES
 from geoseg.datasets import chips_of_distinct_ground, chips_sharing_no_ground
-from geoseg.evaluate import average_precision, evaluate, write_labelled_region
+from geoseg.evaluate import average_precision, evaluate, pool, write_labelled_region
 from geoseg.train import (ChipsSource, DubaiSource, GeotiffSource, ImageMaskSource, XYZSource, load_config,
                           load_scenes)
 
@@ -131,20 +131,14 @@ def main() -> None:
         for scene, reference in regions:
             per_region[scene.stem] |= {k: v for k, v in evaluate(out / "runs-ap" / scene.stem, reference).items()
                                        if k in ("ap_records", "mask_ap", "mask_ap50")}
-    total = {k: sum(r[k] for r in per_region.values()) for k in ("tp_pixels", "fp_pixels", "fn_pixels", "matched",
-                                                                  "predicted_polygons", "reference_polygons")}
-    precision = total["matched"] / max(total["predicted_polygons"], 1)
-    recall = total["matched"] / max(total["reference_polygons"], 1)
     pooled = {
-        "building_iou": round(total["tp_pixels"] / max(total["tp_pixels"] + total["fp_pixels"] + total["fn_pixels"], 1), 4),
-        "spacenet_precision": round(precision, 4), "spacenet_recall": round(recall, 4),
-        "spacenet_f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4), **total,
+        **pool(list(per_region.values())),
         "regions": len(regions), "command": " ".join(["python", "benchmarks/evaluate_model.py", args.model, args.config]
                                                      + (["--run-args", repr(args.run_args)] if args.run_args else [])),
     }
     if instances:  # COCO mask AP over all detections scoring >= AP_SCORE_THRESHOLD, pooled over the regions
         records = [rec for r in per_region.values() for rec in r.pop("ap_records")]
-        pooled |= average_precision(records, total["reference_polygons"]) | {"ap_score_threshold": AP_SCORE_THRESHOLD}
+        pooled |= average_precision(records, pooled["reference_polygons"]) | {"ap_score_threshold": AP_SCORE_THRESHOLD}
     print(json.dumps(pooled, indent=2))
     for name, r in per_region.items():
         ap = f"  mask AP {r['mask_ap']:.3f} AP50 {r['mask_ap50']:.3f}" if "mask_ap" in r else ""

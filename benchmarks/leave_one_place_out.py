@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from geoseg.card import ModelCard, resolve_model_path
-from geoseg.evaluate import evaluate, write_labelled_region
+from geoseg.evaluate import evaluate, pool, write_labelled_region
 from geoseg.pipeline import RunOptions, run_scene
 from geoseg.train import TrainConfig, load_config, load_scenes, source_place, train
 
@@ -54,20 +54,13 @@ def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path,
 def score(model: str, regions: list[tuple[Path, Path]], out: Path, run_options: dict | None = None) -> dict:
     """Pooled pixel IoU and SpaceNet F1 of ``model`` over the regions, end to end through the pipeline
     (``run_options``: RunOptions fields, e.g. ``{"regularise": True}``)."""
-    totals = dict.fromkeys(("tp_pixels", "fp_pixels", "fn_pixels", "matched", "predicted_polygons",
-                            "reference_polygons"), 0)
     options = RunOptions(backend="unet", model=model, workers=0, progress=False, formats=["gpkg"],
                          **(run_options or {}))
+    results = []
     for image, reference in regions:
         run_scene(image, out, options)
-        result = evaluate(str(out / image.stem), str(reference))
-        for key in totals:
-            totals[key] += result[key]
-    tp, fp, fn = totals["tp_pixels"], totals["fp_pixels"], totals["fn_pixels"]
-    precision = totals["matched"] / max(totals["predicted_polygons"], 1)
-    recall = totals["matched"] / max(totals["reference_polygons"], 1)
-    return {**totals, "building_iou": round(tp / max(tp + fp + fn, 1), 4),
-            "spacenet_f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4)}
+        results.append(evaluate(str(out / image.stem), str(reference)))
+    return pool(results)
 
 
 def sample_scenes(scenes: list, max_mpx: float | None) -> list:

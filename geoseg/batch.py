@@ -40,7 +40,7 @@ from .catalog import SceneRef, catalog_scenes, scene_item
 from .errors import GeosegError
 from .gate import gate_path
 from .job import Job, job_client
-from .pipeline import RunOptions, run_scene
+from .pipeline import STAGING_PREFIX, RunOptions, run_scene
 from .write import safe_folder_name
 
 MANIFEST, LOCK = "manifest.json", ".geoseg-job.lock"
@@ -191,7 +191,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _remove_partials(out: Path) -> None:
     """Staging folders and temporary files that a killed run left behind (the lock guarantees none is live)."""
-    for leftover in list(out.glob("*/.geoseg-partial-*")) + list(out.glob(".*.tmp-*")) + list(out.glob(".stac.partial-*")):
+    for leftover in list(out.glob(f"*/{STAGING_PREFIX}*")) + list(out.glob(".*.tmp-*")) + list(out.glob(".stac.partial-*")):
         shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 

@@ -195,6 +195,20 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     return result
 
 
+POOLED_COUNTS = ("tp_pixels", "fp_pixels", "fn_pixels", "matched", "predicted_polygons", "reference_polygons")
+
+
+def pool(results: list[dict]) -> dict:
+    """Metrics over several regions pooled from their counts (not averaged per region): building pixel IoU and
+    the SpaceNet precision, recall and F1, with the counts."""
+    total = {k: sum(r[k] for r in results) for k in POOLED_COUNTS}
+    precision = total["matched"] / max(total["predicted_polygons"], 1)
+    recall = total["matched"] / max(total["reference_polygons"], 1)
+    return {"building_iou": round(total["tp_pixels"] / max(total["tp_pixels"] + total["fp_pixels"] + total["fn_pixels"], 1), 4),
+            "spacenet_precision": round(precision, 4), "spacenet_recall": round(recall, 4),
+            "spacenet_f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4), **total}
+
+
 def format_table(result: dict) -> str:
     keys = ("building_iou", "building_precision", "building_recall", "spacenet_f1", "spacenet_precision",
             "spacenet_recall", "matched", "predicted_polygons", "reference_polygons", "pixels", "mask_ap", "mask_ap50")

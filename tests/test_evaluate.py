@@ -84,3 +84,13 @@ def test_a_region_without_buildings_on_either_side_scores_without_error(tmp_path
     result = evaluate(tmp_path / "pred.tif", tmp_path / "ref.tif", building_class=1)
     assert result["matched"] == result["predicted_polygons"] == result["reference_polygons"] == 0
     assert result["fp_pixels"] == result["fn_pixels"] == 0
+
+
+def test_regions_are_pooled_from_counts_not_averaged():
+    from geoseg.evaluate import pool
+
+    a = {"tp_pixels": 90, "fp_pixels": 10, "fn_pixels": 0, "matched": 9, "predicted_polygons": 10, "reference_polygons": 9}
+    b = {"tp_pixels": 0, "fp_pixels": 0, "fn_pixels": 900, "matched": 0, "predicted_polygons": 0, "reference_polygons": 90}
+    pooled = pool([a, b])
+    assert pooled["building_iou"] == round(90 / 1000, 4)  # a mean of the two IoUs would be 0.45
+    assert pooled["spacenet_precision"] == 0.9 and pooled["spacenet_recall"] == round(9 / 99, 4)
