@@ -34,27 +34,34 @@ from geoseg.card import INSTANCE_ARCHITECTURES
 from geoseg.datasets import chips_of_distinct_ground, chips_sharing_no_ground
 from geoseg.evaluate import average_precision, evaluate, pool, write_labelled_region
 from geoseg.train import (ChipsSource, DubaiSource, GeotiffSource, ImageMaskSource, XYZSource, load_config,
-                          load_scenes)
+                          load_scenes, source_place)
 
 #: instance models' mask AP ranks every detection scoring at least this (torchvision's and COCO practice), not
 #: only those above the card's operating threshold, which F1 and IoU use
 AP_SCORE_THRESHOLD = 0.05
 
 
-def validation_regions(config_path: str, out: Path, split: str = "val") -> list[tuple[Path, Path]]:
-    """(scene GeoTIFF, reference polygons) pairs for every validation region of a training config. With
+def validation_regions(config_path: str, out: Path, split: str = "val", place: str | None = None
+                       ) -> list[tuple[Path, Path]]:
+    """(scene GeoTIFF, reference) pairs for every validation region of a training config. With
     ``split="train"``: the training rows of the GeoTIFF sources instead (for tuning post-processing without
-    touching the validation data)."""
+    touching the validation data). With ``split="all"``: all the ground of every source (for scoring a place
+    left out of training), each chip folder's ground once. ``place``: only that place's sources. The reference is
+    the original footprint polygons where the source has them, else a label raster."""
     config, root = load_config(config_path)
     regions = []
     for src in config.sources:
-        if isinstance(src, GeotiffSource) and src.labels and src.val_fraction > 0:
+        if place is not None and source_place(src) != place:
+            continue
+        if isinstance(src, GeotiffSource) and src.labels and (src.val_fraction > 0 or split == "all"):
             image = root / src.image
             with rasterio.open(image) as ds:
                 start = int(round(ds.height * (1 - src.val_fraction)))
                 window = Window(0, start, ds.width, ds.height - start)
                 if split == "train":
                     window = Window(0, 0, ds.width, start - src.gap_px)
+                elif split == "all":
+                    window = Window(0, 0, ds.width, ds.height)
                 profile = ds.profile | {"height": window.height, "width": window.width,
                                         "transform": ds.window_transform(window)}
                 path = out / "regions" / f"{image.parent.name}_{split}.tif"
@@ -64,23 +71,23 @@ def validation_regions(config_path: str, out: Path, split: str = "val") -> list[
                     if ds.mask_flag_enums[0] == [rasterio.enums.MaskFlags.per_dataset]:
                         dst.write_mask(ds.dataset_mask(window=window))
             regions.append((path, root / src.labels))
-        elif isinstance(src, ChipsSource) and src.split == "val" and split == "val":
+        elif isinstance(src, ChipsSource) and (src.split == "val" and split == "val" or split == "all"):
             reference = root / (src.labels or Path(src.images).parent / "chips_buildings.geojson")
             other = root / src.exclude_overlap_with if src.exclude_overlap_with else None
             chips = chips_sharing_no_ground(root / src.images, other)
-            if src.distinct_ground:  # the same buildings at several zoom levels are scored once
+            if src.distinct_ground or split == "all":  # the same buildings at several zoom levels are scored once
                 chips = chips_of_distinct_ground(chips, config.gsd_m)
             by_zoom = defaultdict(list)
             for chip in chips:
                 by_zoom[chip.stem.rsplit("-", 1)[-1]].append(chip)
             for zoom, chips in sorted(by_zoom.items()):
-                block = out / "regions" / f"{Path(src.images).parent.name}_val_z{zoom}.tif"
+                block = out / "regions" / f"{Path(src.images).parent.name}_{src.split}_z{zoom}.tif"
                 regions += [(path, reference) for path in mosaic_if_contiguous(chips, block)]
-        elif isinstance(src, (XYZSource, ImageMaskSource, DubaiSource)) and split == "val":
-            # no original GeoTIFF to cut: the validation scenes as training reads them, scored against their labels
+        elif isinstance(src, (XYZSource, ImageMaskSource, DubaiSource)) and split in ("val", "all"):
+            # no original GeoTIFF to cut: the scenes as training reads them, scored against their label raster
             one = config.model_copy(update={"sources": [src]})
             regions += [write_labelled_region(scene, out / "regions", config.gsd_m)
-                        for scene in load_scenes(one, root) if scene.split == "val"]
+                        for scene in load_scenes(one, root) if split == "all" or scene.split == "val"]
     return regions
 
 

@@ -8,10 +8,13 @@ For each place P (a source's ``place``, by default the folder under buildings/ o
 with the config's recipe on every source of every *other* place, for the same budget (``--epochs`` x ``--steps``
 steps of ``batch_size`` crops) in every fold, and its best epoch by the remaining places' validation split is
 kept (P takes no part in it). ``--set KEY=VALUE`` changes a top-level config value in every fold (a recipe
-variant: ``augment=sensors``, ``sampling=pixels``, ``encoder=resnet34``; values are read as YAML). P is then scored end to end: each of its scenes (all splits), as the training code
-reads it (0.3 m, stretched), is written as a GeoTIFF on a local UTM grid with its labels as the reference raster
-(touching buildings merge there, as in SpaceNet's masks), goes through ``geoseg run --backend unet`` and is scored
-by ``geoseg evaluate``; pixel counts and polygon matches are pooled over P's scenes. Models given with
+variant: ``augment=sensors``, ``sampling=pixels``, ``encoder=resnet34``; values are read as YAML). P is then scored end to end on all its ground (both splits;
+chips showing the same ground at several zooms once), as ``benchmarks/evaluate_model.py`` scores validation
+regions: georeferenced imagery with footprint polygons (Banepa, Atlanta, Kampala, Dhaka) in its own CRS and
+resolution against those polygons; the rest (SpaceNet PNGs, Dubai, XYZ tiles) as the training code reads it (0.3 m,
+stretched), written on a stand-in UTM grid, against its label raster (touching buildings merge there, as in
+SpaceNet's masks, so F1 is pessimistic in dense places). Each region goes through ``geoseg run --backend unet``
+and is scored by ``geoseg evaluate``; pixel counts and polygon matches are pooled over P's scenes. Models given with
 ``--compare`` (e.g. the shipped ``buildings-unet-r18``) are scored on the same regions; a place in their own
 training data is flagged ``seen``. The table gives each place and the mean over places (each place counts once).
 
@@ -32,10 +35,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from geoseg.backends import DEFAULT_MODELS
 from geoseg.card import ModelCard, resolve_model_path
 from geoseg.evaluate import evaluate, pool, write_labelled_region
 from geoseg.pipeline import RunOptions, run_scene
 from geoseg.train import TrainConfig, load_config, load_scenes, source_place, train
+
+from evaluate_model import validation_regions  # benchmarks/ is on sys.path when this runs as a script
 
 def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path, changes: dict | None = None) -> Path:
     """The base config without ``place``'s sources, paths absolute, budget and ``changes`` applied; written to
@@ -53,8 +59,11 @@ def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path,
 
 def score(model: str, regions: list[tuple[Path, Path]], out: Path, run_options: dict | None = None) -> dict:
     """Pooled pixel IoU and SpaceNet F1 of ``model`` over the regions, end to end through the pipeline
-    (``run_options``: RunOptions fields, e.g. ``{"regularise": True}``)."""
-    options = RunOptions(backend="unet", model=model, workers=0, progress=False, formats=["gpkg"],
+    (``run_options``: RunOptions fields, e.g. ``{"regularise": True}``). The model's own dense backend (U-Net,
+    Fast-SCNN, ContextNet), never the gate: this compares what the models learned."""
+    architecture = ModelCard.from_json(resolve_model_path(model).with_suffix(".json")).architecture
+    backend = architecture if architecture in DEFAULT_MODELS else "unet"
+    options = RunOptions(backend=backend, model=model, workers=0, progress=False, formats=["gpkg"],
                          **(run_options or {}))
     results = []
     for image, reference in regions:
@@ -109,8 +118,11 @@ def main() -> None:
         scenes = [s for s in all_scenes if s.place == place]
         if not scenes:
             sys.exit(f"no source of place {place!r} in {base}")
-        scenes = sample_scenes(scenes, args.max_mpx)
-        regions = [write_labelled_region(s, out / place / "regions", config.gsd_m) for s in scenes]
+        if args.max_mpx is None:  # the original imagery and footprints where the place has them
+            regions = validation_regions(str(base), out / place, "all", place)
+        else:  # a spread sample of the scenes as training reads them, against their label rasters
+            regions = [write_labelled_region(s, out / place / "regions", config.gsd_m)
+                       for s in sample_scenes(scenes, args.max_mpx)]
         fold = out / place / "model"
         if not (fold / "best.safetensors").exists() or args.resume:
             t = time.perf_counter()
