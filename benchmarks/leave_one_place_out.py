@@ -39,9 +39,8 @@ from geoseg.backends import DEFAULT_MODELS
 from geoseg.card import ModelCard, resolve_model_path
 from geoseg.evaluate import evaluate, pool, write_labelled_region
 from geoseg.pipeline import RunOptions, run_scene
+from geoseg.regions import validation_regions
 from geoseg.train import TrainConfig, load_config, load_scenes, source_place, train
-
-from evaluate_model import validation_regions  # benchmarks/ is on sys.path when this runs as a script
 
 def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path, changes: dict | None = None) -> Path:
     """The base config without ``place``'s sources, paths absolute, budget and ``changes`` applied; written to

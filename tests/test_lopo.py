@@ -11,7 +11,9 @@ import rasterio
 import yaml
 
 from geoseg.datasets import IGNORE, LabelledScene
+from conftest import needs_shared_data
 from geoseg.evaluate import write_labelled_region
+from geoseg.regions import validation_regions
 from geoseg.train import load_config, source_place
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,3 +46,18 @@ def test_a_region_keeps_its_nodata_and_its_unknown_labels(tmp_path):
         assert src.res == (0.3, 0.3) and src.crs == ref.crs
     assert not valid[:, :10].any() and valid[:, 10:].all()
     assert (truth[5:16, 20:30] == 1).all() and (truth[30:, 40:] == IGNORE).all() and (truth[:, :10] == IGNORE).all()
+
+
+@needs_shared_data()
+def test_a_left_out_place_is_scored_on_its_own_imagery_against_polygons_where_it_has_them(tmp_path):
+    """Dhaka's chips are georeferenced with footprint polygons: scored in their own CRS against them (a label
+    raster merges touching buildings and makes F1 meaningless); a SpaceNet PNG has only a mask: a raster."""
+    dhaka = validation_regions(str(CONFIG), tmp_path / "dhaka", "all", "dhaka")
+    assert dhaka and all(ref.name == "buildings.geojson" for _, ref in dhaka)
+    with rasterio.open(dhaka[0][0]) as src:
+        assert src.crs.to_epsg() == 3857  # the chip's own grid, not the stand-in UTM one
+    kampala = validation_regions(str(CONFIG), tmp_path / "kampala", "all", "kampala")
+    zooms = {image.stem.rsplit("-", 1)[-1][-2:] for image, _ in kampala}
+    assert zooms == {"19"}  # the zoom-20/21 chips show the same ground again: counted once
+    khartoum = validation_regions(str(CONFIG), tmp_path / "khartoum", "all", "khartoum")
+    assert [ref.suffix for _, ref in khartoum] == [".tif"]
