@@ -86,3 +86,30 @@ def test_init_from_seeds_a_three_class_model_from_a_two_class_one(tmp_path):
                                         building_class=1, bands=["red", "green", "blue"], gsd_m=0.3))
     with pytest.raises(GeosegError, match="init_from"):
         init_weights_from(other, tmp_path / "two.safetensors")
+
+
+def test_validation_gives_each_place_one_vote_in_the_place_mean():
+    """A big place must not hide a small one: the place mean weighs places, not pixels."""
+    import numpy as np
+    import torch
+
+    from geoseg.card import ModelCard
+    from geoseg.datasets import LabelledScene
+    from geoseg.model import build_model
+    from geoseg.train import validate
+
+    card = ModelCard(name="t", architecture="fastscnn", encoder="", classes=["background", "building"],
+                     building_class=1, bands=["red", "green", "blue"], gsd_m=0.3)
+    torch.manual_seed(0)
+    net = build_model(card).eval()
+    pixels = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:, 32:] = 1
+    scenes = [LabelledScene(f"big/{i}", pixels, labels, "val", "big") for i in range(4)]
+    scenes.append(LabelledScene("small/0", pixels, 1 - labels, "val", "small"))
+    pooled, per_scene = validate(net, scenes, autocast=False)
+    places = pooled["place_building_iou"]
+    assert set(places) == {"big", "small"} and set(per_scene) == {s.name for s in scenes}
+    assert places == {"big": per_scene["big/0"]["building_iou"], "small": per_scene["small/0"]["building_iou"]}
+    assert places["big"] != places["small"]  # else a pixel-weighted mean would pass too
+    assert pooled["place_mean_building_iou"] == pytest.approx((places["big"] + places["small"]) / 2, abs=1e-4)
