@@ -104,7 +104,7 @@ def test_validation_gives_each_place_one_vote_in_the_place_mean():
     net = build_model(card).eval()
     pixels = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
     labels = np.zeros((64, 64), np.uint8)
-    labels[:, 32:] = 1
+    labels[:, 48:] = 1  # a quarter building; the small place three quarters
     scenes = [LabelledScene(f"big/{i}", pixels, labels, "val", "big") for i in range(4)]
     scenes.append(LabelledScene("small/0", pixels, 1 - labels, "val", "small"))
     pooled, per_scene = validate(net, scenes, autocast=False)
