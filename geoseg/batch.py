@@ -60,7 +60,8 @@ def run_job(job: Job, progress: bool = True) -> dict:
         _remove_partials(out)
         scenes = catalog_scenes(job.catalog, job.asset, job.asset_role)
         folders = scene_folders(scenes)
-        spec = resolve_spec(BackendSpec(job.backend, job.model, job.device, job.precision, job.tau, job.score_threshold))
+        spec = resolve_spec(BackendSpec(job.backend, job.model, job.device, job.precision, job.tau, job.score_threshold,
+                                        tta=job.tta))
         card, model_sha256 = describe_backend(spec)
         provenance = {"geoseg:version": __version__, "geoseg:model": card.name, "geoseg:model_sha256": model_sha256,
                       "geoseg:backend": spec.name, "geoseg:gate_sha256": _gate_sha256(spec)}
@@ -148,7 +149,7 @@ def _input_identity(path: Path, before: dict) -> dict:
 
 def _run_options(job: Job, spec: BackendSpec, scheduler: str | None) -> RunOptions:
     return RunOptions(backend=spec.name, model=spec.model, device=job.device, precision=job.precision, tau=job.tau,
-                      score_threshold=job.score_threshold,
+                      score_threshold=job.score_threshold, tta=job.tta,
                       tile_px=job.tiling.tile_px, overlap_px=job.tiling.overlap_px, batch_tiles=job.tiling.batch_tiles,
                       formats=list(job.output.formats), min_area_m2=job.output.min_area_m2,
                       simplify_m=job.output.simplify_m, regularise=job.output.regularise,
@@ -164,6 +165,8 @@ def _settings_key(job: Job, spec: BackendSpec) -> str:
               "output": output, "geoseg": __version__}
     if job.score_threshold is not None:  # only when set: earlier manifests keep their keys
         fields["score_threshold"] = job.score_threshold
+    if job.tta:
+        fields["tta"] = True
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

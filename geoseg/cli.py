@@ -30,6 +30,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="segblocks: fraction of blocks processed at full resolution, 0-1 (default: the model's)")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="maskrcnn-light/maskrcnn: keep detections scoring at least this, 0-1 (default: the model's)")
+    p.add_argument("--tta", action="store_true",
+                   help="unet/fastscnn/contextnet: average each tile over left-right and up-down flips (4x the model time; "
+                        "with --backend auto it runs the dense backend, not the gate)")
     p.add_argument("--model", default=None, help="model name shipped with geoseg, or path to NAME.safetensors")
     p.add_argument("--tile", type=int, default=512, dest="tile_px", help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, dest="overlap_px", help="tile overlap in pixels (default 64)")

@@ -6,7 +6,7 @@ when it is meant to run (``schedule``, a cron expression the example schedulers 
     name: demo-buildings
     catalog: ../catalogs/demo/catalog.json   # paths are relative to the job file
     asset: null                              # asset key; null: role "data", else the first GeoTIFF
-    backend: auto                            # any `geoseg run --backend`; model, tau, score_threshold, precision likewise
+    backend: auto                            # any `geoseg run --backend`; model, tau, score_threshold, tta, precision likewise
     tiling: {tile_px: 512, overlap_px: 64, batch_tiles: 4}
     output: {folder: ../pipeline-output/demo-buildings, formats: [geojson, gpkg, parquet]}
     cluster: {kind: local, workers: 2}       # workers 0: in-process; or {kind: address, address: tcp://host:8786}
@@ -89,6 +89,7 @@ class Job(Strict):
     model: str | None = None
     tau: float | None = Field(None, gt=0, le=1)
     score_threshold: float | None = Field(None, ge=0, le=1)
+    tta: bool = False  # dense backends: test-time augmentation, 4 passes per tile
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: str = "cpu"
     tiling: Tiling = Field(default_factory=Tiling)

@@ -27,6 +27,7 @@ class RunOptions:
     precision: str = "auto"
     tau: float | None = None  # SegBlocks: fraction of blocks at full resolution; None: the card's
     score_threshold: float | None = None  # instance backends: lowest detection score kept (0-1); None: the card's
+    tta: bool = False  # dense backends: average over left-right and up-down flips (4 passes per tile)
     tile_px: int = 512
     overlap_px: int = 64
     batch_tiles: int = 4

@@ -188,7 +188,8 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     opts = (options or RunOptions()).check()
     started = time.perf_counter()
     spec: BackendSpec | Backend = backend or resolve_spec(BackendSpec(opts.backend, opts.model, opts.device,
-                                                                      opts.precision, opts.tau, opts.score_threshold))
+                                                                      opts.precision, opts.tau, opts.score_threshold,
+                                                                      tta=opts.tta))
     if backend is not None:
         card, sha256 = backend.card, backend.model_sha256
     else:

@@ -36,6 +36,8 @@ REGISTRY: dict[str, str] = {
 DEFAULT_MODELS: dict[str, str] = {"fastscnn": "buildings-fastscnn", "contextnet": "buildings-contextnet",
                                   "segblocks": "buildings-segblocks", "maskrcnn-light": "buildings-maskrcnn-light",
                                   "maskrcnn": "buildings-maskrcnn"}
+#: backends that run every tile through the whole model, which ``--tta`` can repeat
+DENSE_BACKENDS = ("unet", "fastscnn", "contextnet")
 #: ``--backend auto`` (the default): the gated backend where the model has a calibrated gate beside it, else dense
 AUTO = "auto"
 
@@ -61,7 +63,8 @@ class BackendSpec:
     """What a worker needs to build a backend: registry name, model (name or path), torch device, precision
     ("auto": bf16 autocast where the hardware makes it faster, else fp32), and for SegBlocks ``tau``, the
     fraction of blocks at full resolution (None: the card's); for instance backends ``score_threshold``, the
-    lowest detection score kept, 0-1 (None: the card's ``instance_score_threshold``)."""
+    lowest detection score kept, 0-1 (None: the card's ``instance_score_threshold``); ``tta``: the dense backends
+    average each tile's probabilities over left-right and up-down flips (4 passes)."""
 
     name: str = AUTO
     model: str | None = None
@@ -69,6 +72,7 @@ class BackendSpec:
     precision: str = "auto"
     tau: float | None = None
     score_threshold: float | None = None
+    tta: bool = False  # dense backends only: test-time augmentation (geoseg.backends.unet.TTA_TURNS)
 
 
 def backend_class(name: str):
@@ -79,7 +83,7 @@ def backend_class(name: str):
 
 
 def resolve_spec(spec: BackendSpec) -> BackendSpec:
-    """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``), else the backend of the model's
+    """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``) and no TTA is asked for, else the backend of the model's
     architecture (``fastscnn``, ``segblocks``...; ``unet`` for a U-Net); a backend with a model of its own
     (:data:`DEFAULT_MODELS`) gets it when none is given; other names unchanged."""
     if spec.name in DEFAULT_MODELS and spec.model is None:
@@ -87,7 +91,7 @@ def resolve_spec(spec: BackendSpec) -> BackendSpec:
     if spec.name != AUTO:
         return spec
     path = resolve_model_path(spec.model)
-    if gate_path(path).exists():
+    if gate_path(path).exists() and not spec.tta:  # the gate saves decoder passes; TTA runs four of them
         return replace(spec, name="bgs")
     architecture = ModelCard.from_json(path.with_suffix(".json")).architecture
     return replace(spec, name=architecture if architecture in DEFAULT_MODELS else "unet")
@@ -104,6 +108,8 @@ def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
         raise GeosegError(f"--backend {spec.name}: model {card.name} is a {card.architecture}, not a {spec.name}")
     if spec.name == "bgs":
         load_gate(path, sha256)  # a missing or mismatched gate is refused here, before any worker starts
+    if spec.tta and spec.name not in DENSE_BACKENDS:
+        raise GeosegError(f"--tta applies to the dense backends ({', '.join(DENSE_BACKENDS)}), not {spec.name}")
     if spec.tau is not None:
         if spec.name != "segblocks":
             raise GeosegError(f"--tau applies to --backend segblocks only, not {spec.name}")
@@ -132,4 +138,6 @@ def load_backend(spec: BackendSpec) -> Backend:
     """Build (once per process) the backend a spec names."""
     spec = resolve_spec(spec)
     extra = {k: v for k, v in (("tau", spec.tau), ("score_threshold", spec.score_threshold)) if v is not None}
+    if spec.tta:
+        extra["tta"] = True
     return backend_class(spec.name)(model=spec.model, device=spec.device, precision=spec.precision, **extra)

@@ -16,10 +16,17 @@ def torch_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+#: test-time augmentation: (quarter turns, left-right flip) applied to a tile and undone on its prediction. The
+#: four views (as is, mirrored, upside down, both) are closed under flips, so TTA's output of a mirrored tile is
+#: the mirrored output: the average cannot prefer one direction
+TTA_TURNS = ((0, False), (0, True), (2, False), (2, True))
+
+
 class UNetBackend:
     name = "unet"
 
-    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto"):
+    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto", tta: bool = False):
+        self.tta = tta
         self.device = torch_device(device)
         self.bf16 = use_bf16(precision, device)
         net, self.model_sha256 = load_model(model)
@@ -38,11 +45,24 @@ class UNetBackend:
         Fast-SCNN's forward pass."""
         return probabilities[..., :h, :w].half().cpu().numpy()
 
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of a prepared batch; with TTA the mean over :data:`TTA_TURNS` (each view turned
+        and flipped back before averaging, so every view votes for the same pixel)."""
+        views = TTA_TURNS if self.tta else ((0, False),)
+        total = None
+        for k, flip in views:
+            view = torch.rot90(x, k, dims=(2, 3))
+            view = view.flip(3) if flip else view
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.net(view)
+            p = torch.softmax(logits.float(), dim=1)
+            p = torch.rot90(p.flip(3) if flip else p, -k, dims=(2, 3))
+            total = p if total is None else total + p
+        return total / len(views)
+
     @torch.inference_mode()
     def predict(self, pixels: np.ndarray) -> BatchPrediction:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.net(self.model_input(pixels))
-        probabilities = torch.softmax(logits.float(), dim=1)
+        probabilities = self.probabilities(self.model_input(pixels))
         return BatchPrediction(self.to_numpy(probabilities, *pixels.shape[-2:]), decoded=len(pixels))
 
 
@@ -52,8 +72,8 @@ class ArchitectureBackend(UNetBackend):
 
     architecture = ""
 
-    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto"):
-        super().__init__(model=model or DEFAULT_MODELS[self.name], device=device, precision=precision)
+    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto", tta: bool = False):
+        super().__init__(model=model or DEFAULT_MODELS[self.name], device=device, precision=precision, tta=tta)
         if self.card.architecture != self.architecture:
             raise GeosegError(f"--backend {self.name}: model {self.card.name} is a {self.card.architecture}, "
                               f"not a {self.architecture}")
