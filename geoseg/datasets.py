@@ -20,6 +20,8 @@ Source kinds:
 * ``xyz``: web-map tiles named by z/x/y (a CSV with ``file,z,x,y``), georeferenced in EPSG:3857 from their
   indices, one zoom level; each group of edge-connected tiles becomes one mosaic (an alpha band or a missing
   tile is nodata), labelled by polygons like ``geotiff``.
+* ``negatives``: a folder of georeferenced GeoTIFFs with no building in them (forest, savanna, rocks): every
+  imaged pixel is background. They show the tree crowns, shadows and boulders that become false buildings.
 """
 
 from __future__ import annotations
@@ -118,9 +120,7 @@ def load_georeferenced(image: str | Path, gsd_m: float, labels: str | Path | Non
                        mask: str | Path | None = None, separator_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Image and labels on the image's grid at ``gsd_m`` (resampled as inference would). Vector labels win
     over a mask: only they tell touching buildings apart (``separator_class``)."""
-    reader = open_scene(image, model_gsd_m=gsd_m, n_model_bands=3).reader
-    grid = reader.grid
-    pixels, valid = reader.read_tile(Window(0, 0, grid.width, grid.height))
+    pixels, valid, grid = read_whole(image, gsd_m)
     if labels is not None:
         target = vector_labels_on_grid(labels, grid, separator_class)
     elif mask is not None:
@@ -130,6 +130,25 @@ def load_georeferenced(image: str | Path, gsd_m: float, labels: str | Path | Non
         raise GeosegError(f"{image}: give vector labels or a raster mask")
     target[~valid] = IGNORE
     return pixels, target
+
+
+def read_whole(image: str | Path, gsd_m: float) -> tuple[np.ndarray, np.ndarray, Grid]:
+    """A whole scene as inference reads it at ``gsd_m``: pixels (3, h, w) in [0, 1], where there is imagery, grid."""
+    reader = open_scene(image, model_gsd_m=gsd_m, n_model_bands=3).reader
+    pixels, valid = reader.read_tile(Window(0, 0, reader.grid.width, reader.grid.height))
+    return pixels, valid, reader.grid
+
+
+def negatives_source(images: str, gsd_m: float) -> list[LabelledScene]:
+    """Building-free GeoTIFFs: every imaged pixel is background, nodata is IGNORE; all for training."""
+    scenes = []
+    for path in sorted(Path(images).glob("*.tif")):
+        pixels, valid, _ = read_whole(path, gsd_m)
+        scenes.append(LabelledScene(f"{Path(images).name}/{path.stem}", pixels, np.where(valid, 0, IGNORE).astype(np.uint8),
+                                    "train"))
+    if not scenes:
+        raise GeosegError(f"{images}: no GeoTIFFs found")
+    return scenes
 
 
 def split_rows(name: str, pixels: np.ndarray, labels: np.ndarray, val_fraction: float, gap_px: int) -> list[LabelledScene]:

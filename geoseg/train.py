@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .card import ModelCard
 from .datasets import (IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source, image_mask_source,
-                       xyz_source)
+                       negatives_source, xyz_source)
 from .augment import sensor_augment
 from .errors import GeosegError
 from .losses import training_loss
@@ -84,7 +84,12 @@ class XYZSource(SourceBase):
     gap_px: int = Field(64, ge=0)
 
 
-Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource, ImageMaskSource, XYZSource],
+class NegativesSource(SourceBase):
+    kind: Literal["negatives"]
+    images: str  # a folder of GeoTIFFs without buildings
+
+
+Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource, ImageMaskSource, XYZSource, NegativesSource],
                    Field(discriminator="kind")]
 
 
@@ -174,6 +179,8 @@ def _load_source(src: SourceBase, config: TrainConfig, root: Path) -> list[Label
     if isinstance(src, XYZSource):
         return xyz_source(at(src.tiles_csv), src.zoom, at(src.labels), config.gsd_m, split=src.split,
                           val_fraction=src.val_fraction, gap_px=src.gap_px, separator_class=config.separator_class)
+    if isinstance(src, NegativesSource):
+        return negatives_source(at(src.images), config.gsd_m)
     return dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles, src.buildings_only)
 
 
