@@ -12,8 +12,9 @@ import shapely
 from PIL import Image
 from pyproj import Transformer
 
-from geoseg.datasets import (DUBAI_COLOURS, IGNORE, chips_source, dubai_labels, image_mask_source, tile_groups,
-                             xyz_source, xyz_tile_bounds)
+from geoseg.datasets import (DUBAI_COLOURS, IGNORE, chips_source, dubai_labels, image_mask_source, negatives_source,
+                             tile_groups, xyz_source, xyz_tile_bounds)
+from geoseg.errors import GeosegError
 from geoseg.train import TrainConfig, source_place
 
 from conftest import SHARED_DATA, needs_shared_data
@@ -138,3 +139,21 @@ def test_sensor_augmentation_keeps_range_and_grey_and_changes_colour():
     outs = [sensor_augment(x, rng) for _ in range(20)]
     assert all(o.dtype == np.float32 and o.shape == x.shape and 0 <= o.min() and o.max() <= 1 for o in outs)
     assert sum(not np.allclose(o, x) for o in outs) >= 15
+
+
+def test_negatives_are_background_where_imaged_and_unknown_where_not(tmp_path):
+    from conftest import write_scene
+
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    image = np.random.default_rng(0).integers(1, 255, (3, 60, 80), np.uint8)
+    image[:, :, :20] = 0  # nodata
+    write_scene(folder / "a.tif", image, gsd_m=0.3, nodata=0)
+    write_scene(folder / "b.tif", image[:, :30], gsd_m=0.15, nodata=0)
+    scenes = negatives_source(str(folder), 0.3)
+    assert [s.name for s in scenes] == ["plots/a", "plots/b"] and all(s.split == "train" for s in scenes)
+    a, b = scenes
+    assert set(np.unique(a.labels[:, 20:])) == {0} and (a.labels[:, :20] == IGNORE).all()
+    assert abs(b.labels.shape[0] - 15) <= 1 and abs(b.labels.shape[1] - 40) <= 1  # resampled to 0.3 m like any scene
+    with pytest.raises(GeosegError, match="no GeoTIFFs"):
+        negatives_source(str(tmp_path / "empty"), 0.3)
