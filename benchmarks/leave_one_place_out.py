@@ -105,8 +105,18 @@ def main() -> None:
     parser.add_argument("--max-mpx", type=float, default=None, help="score at most this many Mpx of each place")
     parser.add_argument("--run", action="append", default=[], metavar="KEY=VALUE,...",
                         help="also score the fold models with these run options")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="REPORT.json",
+                        help="no training: join these reports' places (runs split over processes) into OUT/report.json")
+    parser.add_argument("--write-card", metavar="MODEL.json",
+                        help="record the table (each place, the mean) in that card as metrics.leave_one_place_out")
     args = parser.parse_args()
     base, out = Path(args.config), Path(args.out)
+    if args.merge:
+        reports = [json.loads(Path(p).read_text()) for p in args.merge]
+        report = reports[0] | {"places": {k: v for r in reports for k, v in r["places"].items()},
+                               "merged_from": args.merge}
+        out.mkdir(parents=True, exist_ok=True)
+        return finish(report, out, args.write_card)
     config, root = load_config(base)
     places = args.places.split(",")
     changes = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -138,7 +148,13 @@ def main() -> None:
             row[model]["seen"] = place in seen_places(model)
         report["places"][place] = row
         (out / "report.json").write_text(json.dumps(report, indent=2))
-    variants = ["recipe", *(f"recipe {v}" for v in args.run), *args.compare]
+    finish(report, out, args.write_card)
+
+
+def finish(report: dict, out: Path, card: str | None) -> None:
+    """Print the table (each place, the mean over places: each counts once), write OUT/report.json and, with
+    ``card``, the table into that model card."""
+    variants = list(next(iter(report["places"].values())))
     print(f"\n{'place':12s} " + " ".join(f"{v[:24]:>26s}" for v in variants))
     for place, row in report["places"].items():
         cells = [f"IoU {row[v]['building_iou']:.3f} F1 {row[v]['spacenet_f1']:.3f}{'*' if row[v].get('seen') else ' '}"
@@ -151,6 +167,15 @@ def main() -> None:
     print("* the place is in that model's training data")
     report["mean"] = means
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    if card:
+        card_path = Path(card)
+        values = json.loads(card_path.read_text())
+        values.setdefault("metrics", {})["leave_one_place_out"] = {
+            "what": "each place scored end to end by a model trained without it (benchmarks/leave_one_place_out.py)",
+            "budget": report["budget"], "config": report["config"], "changes": report["changes"],
+            "mean": means, "places": {p: {v: {m: row[v][m] for m in ("building_iou", "spacenet_f1") if m in row[v]}
+                                          for v in variants} for p, row in report["places"].items()}}
+        card_path.write_text(json.dumps(values, indent=2) + "\n")
 
 
 if __name__ == "__main__":
