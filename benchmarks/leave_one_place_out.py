@@ -6,17 +6,20 @@
 
 For each place P (a source's ``place``, by default the folder under buildings/ or landcover/), a model is trained
 with the config's recipe on every source of every *other* place, for the same budget (``--epochs`` x ``--steps``
-steps of ``batch_size`` crops) in every fold, and its best epoch by the remaining places' validation split is
-kept (P takes no part in it). ``--set KEY=VALUE`` changes a top-level config value in every fold (a recipe
-variant: ``augment=sensors``, ``sampling=pixels``, ``encoder=resnet34``; values are read as YAML). P is then scored end to end on all its ground (both splits;
-chips showing the same ground at several zooms once), as ``benchmarks/evaluate_model.py`` scores validation
-regions: georeferenced imagery with footprint polygons (Banepa, Atlanta, Kampala, Dhaka) in its own CRS and
-resolution against those polygons; the rest (SpaceNet PNGs, Dubai, XYZ tiles) as the training code reads it (0.3 m,
-stretched), written on a stand-in UTM grid, against its label raster (touching buildings merge there, as in
-SpaceNet's masks, so F1 is pessimistic in dense places). Each region goes through ``geoseg run --backend unet``
-and is scored by ``geoseg evaluate``; pixel counts and polygon matches are pooled over P's scenes. Models given with
-``--compare`` (e.g. the shipped ``buildings-unet-r18``) are scored on the same regions; a place in their own
+steps of ``batch_size`` crops) in every fold, and its best epoch by the remaining places' validation split is kept
+(P takes no part in it). ``--set KEY=VALUE`` changes a top-level config value in every fold (a recipe variant:
+``augment=sensors``, ``sampling=pixels``, ``encoder=resnet34``; values are read as YAML). P is then scored end to
+end on all its ground (both splits; chips showing the same ground at several zooms once), as
+``benchmarks/evaluate_model.py`` scores validation regions: georeferenced imagery with footprint polygons (Banepa,
+Atlanta, Kampala, Dhaka) in its own CRS and resolution against those polygons; the rest (SpaceNet PNGs, Dubai, XYZ
+tiles) as the training code reads it (0.3 m, stretched), written on a stand-in UTM grid, against its label raster
+(touching buildings merge there, as in SpaceNet's masks, so F1 is pessimistic in dense places). Each region goes
+through ``geoseg run`` with the model's dense backend (``unet``, ``fastscnn`` or ``contextnet``, never the gate)
+and is scored by ``geoseg evaluate``; pixel counts and polygon matches are pooled over P's scenes. Models given
+with ``--compare`` (e.g. the shipped ``buildings-unet-r18``) are scored on the same regions; a place in their own
 training data is flagged ``seen``. The table gives each place and the mean over places (each place counts once).
+``--merge`` joins the reports of folds run in separate processes (no training); ``--write-card`` records the
+table in a model card (``metrics.leave_one_place_out``).
 
 ``--run OPTIONS`` also scores each fold model with those ``geoseg run`` options (RunOptions fields, comma-separated
 KEY=VALUE), one column per ``--run``: the outline options are measured this way, without training again.

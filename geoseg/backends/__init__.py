@@ -83,9 +83,9 @@ def backend_class(name: str):
 
 
 def resolve_spec(spec: BackendSpec) -> BackendSpec:
-    """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``) and no TTA is asked for, else the backend of the model's
-    architecture (``fastscnn``, ``segblocks``...; ``unet`` for a U-Net); a backend with a model of its own
-    (:data:`DEFAULT_MODELS`) gets it when none is given; other names unchanged."""
+    """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``) and no TTA is asked for, else the backend
+    of the model's architecture (``fastscnn``, ``segblocks``...; ``unet`` for a U-Net); a backend with a model of
+    its own (:data:`DEFAULT_MODELS`) gets it when none is given; other names unchanged."""
     if spec.name in DEFAULT_MODELS and spec.model is None:
         return replace(spec, model=DEFAULT_MODELS[spec.name])
     if spec.name != AUTO:
