@@ -8,12 +8,17 @@
   probabilities (a collapsed policy has ``policy_p_std`` near 0).
 
 Labels equal to :data:`IGNORE` (nodata, unlabelled) count nowhere, the policy's reward included.
+
+Beyond the papers, :class:`GateProbe` (config ``gate_aux``) adds a small term on the encoder's bottleneck so that
+a few channel means tell tiles with buildings from tiles without: what the BGS-Net gate's per-channel thresholds
+need (see :mod:`geoseg.gate`). It changes only training; the gate is still calibrated as the paper does.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .card import INSTANCE_ARCHITECTURES
 from .datasets import IGNORE
@@ -35,8 +40,47 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return ce + dice.mean()
 
 
-def training_loss(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss to minimise for prepared inputs ``x`` and labels ``y`` (N, H, W) of the same size."""
+class GateProbe(nn.Module):
+    """Per-channel logistic probes on the bottleneck's channel means: "does this crop hold buildings?".
+
+    Channel ``c`` of the first ``channels`` bottleneck channels gives the logit ``scale_c * mu_c + bias_c``, where
+    ``mu_c`` is the channel's mean over the crop's bottleneck cells (the gate's input, eq. 5 of BGS-Net). Each
+    channel is its own one-dimensional classifier, so each learns to separate the two kinds of crop *alone* --
+    the property a per-channel Youden threshold rewards; a probe over all channels together would spread the
+    signal thinly. A crop holds buildings when at least ``target_fraction`` of its labelled pixels are building
+    or separator (the gate's target definition); crops with no labelled pixel count nowhere.
+    """
+
+    def __init__(self, channels: int, weight: float, target_fraction: float, building_classes: list[int]):
+        super().__init__()
+        self.channels, self.weight, self.target_fraction = channels, weight, target_fraction
+        self.building_classes = building_classes
+        self.scale = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def targets(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(crop holds buildings (N,) float, crop has labelled pixels (N,) bool) from labels (N, H, W)."""
+        known = (y != IGNORE).sum((1, 2))
+        building = torch.isin(y, torch.tensor(self.building_classes, device=y.device)).sum((1, 2))
+        return (building >= self.target_fraction * known.clamp(min=1)).float(), known > 0
+
+    def forward(self, bottleneck: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        means = bottleneck[:, : self.channels].float().mean((2, 3))
+        logits = means * self.scale + self.bias
+        target, usable = self.targets(y)
+        if not usable.any():
+            return logits.sum() * 0.0, {}
+        target = target[usable, None].expand(-1, self.channels)
+        loss = F.binary_cross_entropy_with_logits(logits[usable], target)
+        accuracy = ((logits[usable] > 0).float() == target).float().mean()
+        return self.weight * loss, {"gate_aux_loss": float(loss.detach()), "gate_aux_accuracy": float(accuracy),
+                                    "gate_aux_positive_share": float(target[:, 0].mean())}
+
+
+def training_loss(net, x: torch.Tensor, y: torch.Tensor,
+                  probe: GateProbe | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss to minimise for prepared inputs ``x`` and labels ``y`` (N, H, W) of the same size; ``probe``
+    (encoder-decoder models only) adds the bottleneck term of :class:`GateProbe`."""
     if net.card.architecture == "segblocks":
         return segblocks_loss(net, x, y)
     if net.card.architecture in INSTANCE_ARCHITECTURES:
@@ -45,7 +89,10 @@ def training_loss(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     loss = segmentation_loss(net.decode(features), y)
     for aux in getattr(net, "aux_logits", lambda f: [])(features):
         loss = loss + AUX_LOSS_WEIGHT * segmentation_loss(aux, y)
-    return loss, {}
+    if probe is None:
+        return loss, {}
+    term, figures = probe(features[-1], y)
+    return loss + term, figures
 
 
 def segblocks_loss(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -26,7 +26,7 @@ from .datasets import (IGNORE, LabelledScene, chips_source, dubai_source, geotif
                        negatives_source, xyz_source)
 from .augment import sensor_augment
 from .errors import GeosegError
-from .losses import training_loss
+from .losses import GateProbe, training_loss
 from .model import GeoModel, build_model, init_weights_from, save_model, use_bf16
 from .yamlfile import Strict, load_yaml
 
@@ -44,6 +44,7 @@ class GeotiffSource(SourceBase):
     mask: str | None = None
     val_fraction: float = Field(0.2, ge=0, lt=1)
     gap_px: int = Field(64, ge=0)
+    split: Literal["train", "val"] | None = None  # the whole scene to one split (val_fraction then unused)
 
 
 class ChipsSource(SourceBase):
@@ -102,6 +103,16 @@ def source_place(src: SourceBase) -> str:
     return parts[1] if len(parts) > 1 and parts[0] in ("buildings", "landcover", "negatives") else parts[0]
 
 
+class GateAux(Strict):
+    """Train the bottleneck for the BGS-Net gate (:class:`geoseg.losses.GateProbe`): its first ``channels``
+    channel means each learn "crop holds buildings", with this loss ``weight`` beside the segmentation loss."""
+
+    weight: float = Field(0.1, gt=0)
+    channels: int = Field(8, ge=1)
+    target_fraction: float = Field(0.005, gt=0, lt=1)  # as the gate's calibration (geoseg calibrate)
+    lr_multiplier: float = Field(10.0, gt=0)  # the probes' scales and biases start far from their values
+
+
 class TrainConfig(Strict):
     name: str
     architecture: Literal["unet", "fastscnn", "contextnet", "segblocks", "maskrcnn", "maskrcnn-light"] = "unet"
@@ -132,6 +143,7 @@ class TrainConfig(Strict):
     #: JPEG (geoseg.augment)
     augment: Literal["basic", "sensors"] = "basic"
     init_from: str | None = None  # weights to fine-tune from (a shipped name or a path relative to the config)
+    gate_aux: GateAux | None = None  # encoder-decoder models: train the bottleneck for the gate (beyond BGS-Net)
     licence: str = ""
     attribution: str = ""
 
@@ -142,9 +154,13 @@ class TrainConfig(Strict):
 
 
 def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
-    """Parse and validate a YAML training config; errors name the field path. Returns (config, data root)."""
+    """Parse and validate a YAML training config; errors name the field path. Returns (config, data root).
+
+    A config may start from another: ``base: other.yaml`` (relative to the file, one level) takes every field
+    of that file, and the fields written here replace the base's (lists and mappings whole). Relative paths
+    of the base (``data_root``, ``init_from``) stay relative to the base's folder: keep variants beside it."""
     path = Path(path)
-    config = load_yaml(path, TrainConfig, "config")
+    config = load_yaml(path, TrainConfig, "config", edit=lambda raw: _with_base(raw, path))
     if config.building_class >= len(config.classes):
         raise GeosegError(f"{path}: building_class: {config.building_class} is not an index into classes")
     if config.architecture == "segblocks" and (config.block_px < 64 or config.crop_px % config.block_px):
@@ -152,6 +168,22 @@ def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
     if config.separator_class is not None and config.separator_class != len(config.classes) - 1:
         raise GeosegError(f"{path}: separator_class: must be the last class ({len(config.classes) - 1})")
     return config, (path.parent / config.data_root).resolve()
+
+
+def _with_base(raw: dict, path: Path) -> None:
+    base = raw.pop("base", None)
+    if base is None:
+        return
+    base_path = path.parent / str(base)
+    if not base_path.is_file():
+        raise GeosegError(f"{path}: base: no such config file {base_path}")
+    import yaml
+
+    fields = yaml.safe_load(base_path.read_text()) or {}
+    if not isinstance(fields, dict) or "base" in fields:
+        raise GeosegError(f"{path}: base: {base_path.name} must be a plain config (no base of its own)")
+    for key, value in fields.items():
+        raw.setdefault(key, value)
 
 
 def load_scenes(config: TrainConfig, root: Path) -> list[LabelledScene]:
@@ -168,7 +200,8 @@ def _load_source(src: SourceBase, config: TrainConfig, root: Path) -> list[Label
     at = lambda p: str(root / p) if p else None  # noqa: E731
     if isinstance(src, GeotiffSource):
         return geotiff_source(at(src.image), config.gsd_m, labels=at(src.labels), mask=at(src.mask),
-                              val_fraction=src.val_fraction, gap_px=src.gap_px, separator_class=config.separator_class)
+                              val_fraction=src.val_fraction, gap_px=src.gap_px, separator_class=config.separator_class,
+                              split=src.split)
     if isinstance(src, ChipsSource):
         return chips_source(at(src.images), at(src.masks), config.gsd_m, split=src.split,
                             exclude_overlap_with=at(src.exclude_overlap_with), labels=at(src.labels),
@@ -364,6 +397,13 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     groups = [{"params": [p for p in net.parameters() if id(p) not in in_policy], "lr": config.lr}]
     if policy:  # trained from scratch next to a fine-tuned network: its own learning rate
         groups.append({"params": policy, "lr": config.policy_lr or config.lr})
+    probe = None
+    if config.gate_aux is not None:
+        if not hasattr(net, "encode") or config.architecture in ("segblocks", "maskrcnn", "maskrcnn-light"):
+            raise GeosegError(f"{config_path}: gate_aux: only encoder-decoder models have a gate to train for")
+        aux = config.gate_aux
+        probe = GateProbe(aux.channels, aux.weight, aux.target_fraction, config.building_classes)
+        groups.append({"params": list(probe.parameters()), "lr": config.lr * aux.lr_multiplier, "weight_decay": 0.0})
     optimiser = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups], total_steps=total_steps,
@@ -375,6 +415,8 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         net.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         schedule.load_state_dict(saved["schedule"])
+        if probe is not None:
+            probe.load_state_dict(saved["gate_probe"])
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
@@ -392,7 +434,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         for _ in bar:
             x, y = sampler.batch(config.batch_size)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss, figures = training_loss(net, net.prepare(x), y)
+                loss, figures = training_loss(net, net.prepare(x), y, probe)
             for key, value in figures.items():
                 logged.setdefault(key, []).append(value)
             optimiser.zero_grad(set_to_none=True)
@@ -420,6 +462,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         state["epoch"] = epoch + 1
         _save_checkpoint(checkpoint, {"model": net.state_dict(), "optimiser": optimiser.state_dict(),
                                       "schedule": schedule.state_dict(), "rng": rng.bit_generator.state,
-                                      "torch_rng": torch.get_rng_state(), "state": state})
+                                      "torch_rng": torch.get_rng_state(), "state": state,
+                                      **({"gate_probe": probe.state_dict()} if probe is not None else {})})
         (out / "history.json").write_text(json.dumps(state["history"], indent=2))
     return state["best"]
