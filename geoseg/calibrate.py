@@ -48,6 +48,7 @@ class TileSet:
     building_fraction: list[float] = field(default_factory=list)
     composition: list[dict[str, float]] = field(default_factory=list)  # class name -> fraction of labelled pixels
     source: list[str] = field(default_factory=list)
+    place: list[str] = field(default_factory=list)  # the place of the tile's scene (its group in worst-group calibration)
     cell_features: list[np.ndarray] = field(default_factory=list)  # (n, C) bottleneck cells, own-class configs only
     cell_targets: list[np.ndarray] = field(default_factory=list)  # (n, classes) class fractions under each cell
 
@@ -55,10 +56,12 @@ class TileSet:
         return np.stack(self.means).astype(np.float64), np.asarray(self.building_fraction)
 
 
-def scene_tiles(scene: LabelledScene, tile_px: int):
-    """(pixels, labels) tiles of ``tile_px`` covering a scene; a scene smaller than a tile is one tile."""
+def scene_tiles(scene: LabelledScene, tile_px: int, overlap_px: int = 0):
+    """(pixels, labels) tiles of ``tile_px`` covering a scene, ``overlap_px`` apart as ``geoseg run`` cuts them
+    (the last tile of a row/column moved back); a scene smaller than a tile is one tile. Tiles less than half
+    labelled are left out."""
     h, w = scene.labels.shape
-    for t in tile_grid(h, w, tile_px, 0):
+    for t in tile_grid(h, w, tile_px, overlap_px):
         labels = scene.labels[t.row_off : t.row_end, t.col_off : t.col_end]
         if (labels != IGNORE).mean() >= 0.5:
             yield scene.pixels[:, t.row_off : t.row_end, t.col_off : t.col_end], labels
@@ -78,18 +81,19 @@ def cell_fractions(labels: np.ndarray, cells: tuple[int, int], n_classes: int) -
     return counts / np.maximum(known, 1)[:, None], known >= 0.5 * blocks.shape[1]
 
 
-def tile_batches(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int, progress=None):
-    """(config, scene name, prepared input (n, C, H, W), label tiles) for every batch of at most
-    ``_BATCH_TILES`` calibration tiles of the configs' ``split`` scenes, read at the model's GSD."""
+def tile_batches(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int, progress=None,
+                 overlap_px: int = 0):
+    """(config, scene, prepared input (n, C, H, W), label tiles) for every batch of at most ``_BATCH_TILES``
+    calibration tiles of the configs' ``split`` scenes, read at the model's GSD."""
     found = False
     for config, root in configs:
         config = config.model_copy(update={"gsd_m": net.card.gsd_m})
         for scene in (s for s in load_scenes(config, root) if s.split == split):
-            tiles = list(scene_tiles(scene, tile_px))  # all of one size: the grid moves the last tile back
+            tiles = list(scene_tiles(scene, tile_px, overlap_px))  # all of one size: the grid moves the last tile back
             for start in range(0, len(tiles), _BATCH_TILES):
                 batch = tiles[start : start + _BATCH_TILES]
                 found = True
-                yield config, scene.name, net.prepare(torch.from_numpy(np.stack([p for p, _ in batch]))), [l for _, l in batch]
+                yield config, scene, net.prepare(torch.from_numpy(np.stack([p for p, _ in batch]))), [l for _, l in batch]
                 if progress is not None:
                     progress.update(len(batch))
     if not found:
@@ -98,17 +102,18 @@ def tile_batches(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: 
 
 @torch.inference_mode()
 def collect(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int,
-            autocast: bool, rng: np.random.Generator, progress=None) -> TileSet:
+            autocast: bool, rng: np.random.Generator, progress=None, overlap_px: int = 0) -> TileSet:
     """Encode every calibration tile of the configs' ``split`` scenes (see the module docstring)."""
     out = TileSet()
-    for config, name, x, labels in tile_batches(net, configs, split, tile_px, progress):
+    for config, scene, x, labels in tile_batches(net, configs, split, tile_px, progress, overlap_px):
         own_classes = config.classes == net.card.classes
         building = config.building_classes
         named = [c for i, c in enumerate(config.classes) if i not in building]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             bottlenecks = net.encode(x)[-1].float()
         for bottleneck, tile_labels in zip(bottlenecks, labels):
-            _add_tile(out, bottleneck, tile_labels, config, building, named, own_classes, name, rng)
+            _add_tile(out, bottleneck, tile_labels, config, building, named, own_classes, scene.name, rng)
+            out.place.append(scene.place)
     return out
 
 
@@ -130,10 +135,26 @@ def _add_tile(out: TileSet, bottleneck: torch.Tensor, labels: np.ndarray, config
         out.cell_targets.append(fractions[pick])
 
 
-def scene_group(name: str) -> str:
-    """The group a scene belongs to for worst-group calibration: its folder ("dubai/tile_1/image_part_002" ->
-    "dubai/tile_1", "chips/OAM-..." -> "chips"), or the scene itself ("banepa:train")."""
-    return name.rsplit("/", 1)[0]
+def tile_groups(tiles: TileSet, group_by: str) -> np.ndarray:
+    """Each tile's group for worst-group calibration: its scene's ``place`` (banepa, dubai, neon_plots...) or its
+    ``folder`` ("dubai/tile_1/image_part_002" -> "dubai/tile_1"; the scene itself for "banepa:train")."""
+    if group_by == "place":
+        return np.array(tiles.place)
+    if group_by == "folder":
+        return np.array([name.rsplit("/", 1)[0] for name in tiles.source])
+    raise GeosegError(f"--group-by {group_by!r}: use place or folder")
+
+
+def false_alarms_by_group(groups: np.ndarray, opened: np.ndarray, target: np.ndarray) -> dict:
+    """Per group (place): its tiles without buildings, how many a gate opens, and that rate -- which real
+    negatives (forest plots, desert, water...) still open the decoder."""
+    report = {}
+    for g in np.unique(groups):
+        rows = (groups == g) & ~target
+        if rows.any():
+            report[str(g)] = {"non_target_tiles": int(rows.sum()), "false_alarms": int((opened & rows).sum()),
+                              "false_alarm_rate": round(float(opened[rows].mean()), 4)}
+    return report
 
 
 def fit_probe(features: np.ndarray, targets: np.ndarray, steps: int = 400, weight_decay: float = 1e-4,
@@ -208,16 +229,20 @@ def plot_channels(means: np.ndarray, target: np.ndarray, gate: Gate, path: Path)
 
 def calibrate(model_path: str, data: list[str], out: str | None = None, split: str = "train", tile_px: int = 512,
               target_fraction: float = 0.005, k1: int = 10, k2: int = 3, target_recall: float | None = None,
-              per_group: bool = False, autocast: bool = False, seed: int = 0, progress=None) -> tuple[Gate, Path]:
-    """Calibrate, write the gate JSON (beside the model unless ``out``) and its PNG; returns (gate, path)."""
+              per_group: bool = False, min_group_tiles: int = 10, group_by: str = "place", autocast: bool = False,
+              seed: int = 0, progress=None) -> tuple[Gate, Path]:
+    """Calibrate, write the gate JSON (beside the model unless ``out``) and its PNG; returns (gate, path).
+    ``per_group``: the recall target holds in every group (:func:`tile_groups`) with at least
+    ``min_group_tiles`` building tiles."""
     net, sha256 = load_model(model_path)
     configs = [load_config(p) for p in data]
     rng = np.random.default_rng(seed)
     tiles = collect(net, configs, split, tile_px, autocast, rng, progress)
     means, fraction = tiles.arrays()
     target = fraction >= target_fraction
-    groups = np.array([scene_group(name) for name in tiles.source]) if per_group else None
-    stage1, stage2, report = calibrate_rules(means, target, k1, k2, target_recall, groups)
+    places, groups = np.array(tiles.place), tile_groups(tiles, group_by)
+    stage1, stage2, report = calibrate_rules(means, target, k1, k2, target_recall, groups if per_group else None,
+                                             min_group_targets=min_group_tiles)
     weight = bias = None
     card = net.card
     other_classes = [i for i in range(len(card.classes)) if i not in (card.building_class, card.separator_class)]
@@ -225,8 +250,11 @@ def calibrate(model_path: str, data: list[str], out: str | None = None, split: s
         w, b = fit_probe(np.concatenate(tiles.cell_features), np.concatenate(tiles.cell_targets), seed=seed)
         weight, bias = w.round(6).tolist(), b.round(6).tolist()
     report["confounders_of_stage1"] = confounders(tiles, gate_open(stage1, [], means), target)
+    report["false_alarms_by_place"] = false_alarms_by_group(places, gate_open(stage1, stage2, means), target)
+    report["building_tiles_by_place"] = {str(g): int((target & (places == g)).sum()) for g in np.unique(places)}
     report.update({"data": list(data), "split": split, "tile_px": tile_px, "target_fraction": target_fraction,
-                   "k1": k1, "k2": k2, "sources": sorted(set(tiles.source))[:50]})
+                   "k1": k1, "k2": k2, "min_group_tiles": min_group_tiles if per_group else None,
+                   "group_by": group_by if per_group else None, "sources": sorted(set(tiles.source))[:50]})
     gate = Gate(sha256, int(means.shape[1]), stage1, stage2, weight, bias, report)
     path = Path(out) if out else gate_path(resolve_model_path(model_path))
     gate.calibration["ops_per_tile"] = gate.ops_per_tile((tile_px // 32) ** 2)

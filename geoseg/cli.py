@@ -177,6 +177,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         gate, path = calibrate(args.model, args.data, out=args.out, split=args.split, tile_px=args.tile_px,
                                target_fraction=args.target_fraction, k1=args.k1, k2=args.k2,
                                target_recall=args.target_recall, per_group=args.per_group,
+                               min_group_tiles=args.min_group_tiles, group_by=args.group_by,
                                autocast=use_bf16(args.precision), progress=bar)
     c = gate.calibration
     print(f"{c['tiles']} tiles ({c['target_tiles']} with buildings); stage 1: {len(gate.stage1)} channels "
@@ -254,7 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--target-recall", type=float, default=None,
                     help="pick thresholds for this building-tile recall at the lowest execution rate (default: Youden)")
     ca.add_argument("--per-group", action="store_true",
-                    help="with --target-recall: meet it in every scene folder with >= 10 building tiles, not only pooled")
+                    help="with --target-recall: meet it in every group (--group-by) with >= --min-group-tiles "
+                         "building tiles, not only pooled")
+    ca.add_argument("--group-by", default="place", choices=["place", "folder"],
+                    help="with --per-group: a group is a place (default) or a scene folder (e.g. each Dubai tile)")
+    ca.add_argument("--min-group-tiles", type=int, default=10,
+                    help="with --per-group: groups with fewer building tiles are not held to the target (default 10)")
     ca.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ca.add_argument("--quiet", action="store_true")
     ca.set_defaults(func=cmd_calibrate)

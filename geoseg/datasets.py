@@ -163,9 +163,14 @@ def split_rows(name: str, pixels: np.ndarray, labels: np.ndarray, val_fraction: 
 
 def geotiff_source(image: str, gsd_m: float, labels: str | None = None, mask: str | None = None,
                    val_fraction: float = 0.2, gap_px: int = 64, name: str | None = None,
-                   separator_class: int | None = None) -> list[LabelledScene]:
+                   separator_class: int | None = None, split: str | None = None) -> list[LabelledScene]:
+    """A georeferenced scene and its labels at ``gsd_m``: split by rows (:func:`split_rows`), or all of it to
+    ``split`` when given."""
     pixels, target = load_georeferenced(image, gsd_m, labels=labels, mask=mask, separator_class=separator_class)
-    return split_rows(name or Path(image).parent.name, pixels, target, val_fraction, gap_px)
+    name = name or Path(image).parent.name
+    if split is not None:
+        return [LabelledScene(f"{name}:{split}", pixels, target, split)]
+    return split_rows(name, pixels, target, val_fraction, gap_px)
 
 
 def footprint_4326(path: str | Path) -> shapely.Polygon:
