@@ -1,9 +1,10 @@
 """The BGS-Net paper's tables on our validation data: dense vs gated, for one model and one or more gates.
 
     python benchmarks/gate_tables.py --model buildings-unet-r18 --data CONFIG.yaml [--data CONFIG2.yaml]
-        [--gate NAME.gate.json ...] [--tile 512] [--out runs/gate-tables.json] [--write-gate]
+        [--gate NAME.gate.json ...] [--tile 512] [--overlap 0] [--out runs/gate-tables.json] [--write-gate]
 
-Validation tiles (the configs' ``val`` scenes at the model's GSD, ``--tile`` px, no overlap) go through the
+Validation tiles (the configs' ``val`` scenes at the model's GSD, ``--tile`` px, ``--overlap`` px apart as
+``geoseg run`` cuts them: 64 gives the run's own tiles) go through the
 encoder once; the decoder runs on all of them for the dense reference, and each gate decides which tiles keep
 the decoder's output. Reported per gate:
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--data", action="append", required=True)
     parser.add_argument("--gate", action="append", default=None, help="gate JSON(s) (default: the model's own)")
     parser.add_argument("--tile", type=int, default=512, dest="tile_px")
+    parser.add_argument("--overlap", type=int, default=0, dest="overlap_px")
     parser.add_argument("--out", default="runs/gate-tables.json")
     parser.add_argument("--write-gate", action="store_true")
     args = parser.parse_args()
@@ -92,7 +94,7 @@ def main() -> None:
         own = config.classes == card.classes
         truth_building = config.building_classes
         for scene in (s for s in load_scenes(config, root) if s.split == "val"):
-            for pixels, labels in scene_tiles(scene, args.tile_px):
+            for pixels, labels in scene_tiles(scene, args.tile_px, args.overlap_px):
                 h, w = labels.shape
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                     x = net.prepare(torch.from_numpy(np.ascontiguousarray(pixels))[None])
@@ -115,7 +117,8 @@ def main() -> None:
     means = np.stack([r["means"] for r in rows]).astype(np.float64)
     n_tiles = len(rows)
     fill_class = backend.no_building[0]
-    results = {"model": card.name, "tiles": n_tiles, "tile_px": args.tile_px, "data": args.data,
+    results = {"model": card.name, "tiles": n_tiles, "tile_px": args.tile_px, "overlap_px": args.overlap_px,
+               "data": args.data,
                "encoder_gflop_per_tile": round(enc_flops / 1e9, 3), "decoder_gflop_per_tile": round(dec_flops / 1e9, 3),
                "decoder_share_of_flops": round(dec_flops / (enc_flops + dec_flops), 4),
                "encoder_ms_per_tile": round(1000 * enc_s / n_tiles, 1), "decoder_ms_per_tile": round(1000 * dec_s / n_tiles, 1),
@@ -158,7 +161,8 @@ def main() -> None:
             key = "+".join(Path(d).stem for d in args.data)
             gate.calibration.setdefault("validation", {})[key] = {k: v for k, v in results.items() if k != "gates"} | entry
             gate.calibration["validation"][key]["command"] = "python benchmarks/gate_tables.py " + " ".join(
-                [f"--model {card.name}"] + [f"--data {d}" for d in args.data] + ["--write-gate"])
+                [f"--model {card.name}"] + [f"--data {d}" for d in args.data]
+                + ([f"--overlap {args.overlap_px}"] if args.overlap_px else []) + ["--write-gate"])
             gate.to_json(gate_file)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
