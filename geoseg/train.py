@@ -158,7 +158,8 @@ def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
 
     A config may start from another: ``base: other.yaml`` (relative to the file, one level) takes every field
     of that file, and the fields written here replace the base's (lists and mappings whole). Relative paths
-    of the base (``data_root``, ``init_from``) stay relative to the base's folder: keep variants beside it."""
+    taken from the base (``data_root``, ``init_from``) are read from *this* file's folder: keep a variant beside
+    its base, or write them here."""
     path = Path(path)
     config = load_yaml(path, TrainConfig, "config", edit=lambda raw: _with_base(raw, path))
     if config.building_class >= len(config.classes):
