@@ -39,7 +39,8 @@ from .card import file_sha256, resolve_model_path
 from .catalog import SceneRef, catalog_scenes, scene_item
 from .errors import GeosegError
 from .gate import gate_path
-from .job import Job, job_client
+from .cluster import job_client
+from .job import Job
 from .pipeline import STAGING_PREFIX, RunOptions, run_scene
 from .write import safe_folder_name
 

@@ -84,7 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run each scene; one cluster serves them all. A scene with bad input is reported and the others go on.
     Each scene gets its own output folder, named before any work (scenes sharing a file name get their parent
     folders' names appended: ``OUT/scene-a``, ``OUT/scene-b``)."""
-    from .pipeline import dask_client, run_scene
+    from .cluster import dask_client
+    from .pipeline import run_scene
     from .read import check_file
     from .write import scene_folder_names
 

@@ -20,13 +20,11 @@ Command-line overrides (``--catalog``, ``--out``, ``--workers``, ``--address``) 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from .errors import GeosegError
 from .write import VECTOR_FORMATS
 from .yamlfile import Strict, load_yaml
 
@@ -128,36 +126,3 @@ def load_job(path: str | os.PathLike, catalog: str | None = None, out: str | Non
     if job.model and (os.sep in job.model or job.model.endswith(".safetensors")):
         job.model = str((here / job.model).resolve())
     return job
-
-
-@contextmanager
-def job_client(cluster: LocalCluster | AddressCluster | QueueCluster) -> Iterator[object | None]:
-    """A distributed Client for the job's cluster, open for the whole job (None: in-process, ``workers: 0``)."""
-    from .pipeline import dask_client
-
-    if cluster.kind == "local":
-        with dask_client(cluster.workers, None) as client:
-            yield client
-    elif cluster.kind == "address":
-        with dask_client(None, cluster.address) as client:
-            yield client
-    else:
-        queue = queue_cluster(cluster)
-        queue.scale(jobs=cluster.jobs)
-        from distributed import Client
-
-        with queue, Client(queue) as client:
-            yield client
-
-
-def queue_cluster(cluster: QueueCluster):
-    """The dask-jobqueue cluster object (not yet scaled: ``job_script()`` shows what it would submit)."""
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise GeosegError(f"cluster kind {cluster.kind} needs dask-jobqueue: pip install 'geoseg[hpc]'") from None
-    cls = dask_jobqueue.SLURMCluster if cluster.kind == "slurm" else dask_jobqueue.PBSCluster
-    extra = {"account": cluster.account} if cluster.account else {}
-    return cls(cores=cluster.cores, processes=cluster.cores, memory=cluster.memory, queue=cluster.queue,
-               walltime=cluster.walltime, job_extra_directives=cluster.job_extra_directives,
-               job_script_prologue=["export OMP_NUM_THREADS=1"], **extra)

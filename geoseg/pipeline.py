@@ -12,12 +12,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import resource
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import dask
 import numpy as np
@@ -25,6 +23,7 @@ import shapely
 from tqdm import tqdm
 
 from . import __version__
+from .cluster import dask_client, peak_rss_mb, worker_peak_rss_mb
 from .backends import Backend, BackendSpec, describe_backend, load_backend, resolve_spec
 from .errors import GeosegError
 from .card import INSTANCE_ARCHITECTURES, ModelCard
@@ -63,66 +62,6 @@ def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: li
                          "bf16_tiles": bf16, "counters": counters}
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory, MiB. VmHWM, not ru_maxrss: Linux carries ru_maxrss across
-    fork+exec, so a worker would report its parent's peak as its own."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, the fallback elsewhere
-
-
-@contextmanager
-def _adaptive_malloc() -> Iterator[None]:
-    """Start worker processes without MALLOC_TRIM_THRESHOLD_. Dask sets it to 65536 (in its config, and in the
-    environment of the process that starts a Nanny, from where later clusters inherit it); any value switches
-    off glibc's adaptive mmap threshold, so every tensor above 128 KiB is mmap-ed and page-faulted afresh:
-    Fast-SCNN ran 2.1x slower per tile (21 -> 44 ms). Workers started by ``dask worker`` need the same (README)."""
-    saved = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-            yield
-    finally:
-        if saved is not None:
-            os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
-
-
-def _limit_torch_threads() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-@contextmanager
-def dask_client(workers: int | None, scheduler: str | None) -> Iterator[object | None]:
-    """A distributed Client (existing scheduler, or a new LocalCluster), or None for in-process runs."""
-    if scheduler is None and workers == 0:
-        yield None
-        return
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, ValueError, TypeError) as err:  # unreachable, or not an address ("missing port number")
-            raise GeosegError(f"--scheduler {scheduler}: cannot connect ({str(err).splitlines()[0][:200]})") from None
-        with client:
-            yield client
-        return
-    n = workers or os.cpu_count() or 1
-    # dashboard ":0": any free port for the scheduler's HTTP server (None still binds 8787, and warns on stderr
-    # when another cluster holds it)
-    with _adaptive_malloc(), \
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        client.run(_limit_torch_threads)
-        yield client
-
-
 def run_tasks(client, reader: SceneReader, backend, batches: list[list[Tile]],
               on_result: Callable[[list[TilePrediction], dict], None]) -> None:
     """Run ``predict_batch`` over all batches, streaming results to ``on_result`` as they finish."""
@@ -141,12 +80,6 @@ def run_tasks(client, reader: SceneReader, backend, batches: list[list[Tile]],
         future.release()
         for task in itertools.islice(queue, 1):
             pending.add(client.compute(task))
-
-
-def _worker_peak_rss_mb(client) -> float:
-    if client is None:
-        return 0.0
-    return float(sum(client.run(_peak_rss_mb).values()))
 
 
 def _remove_dead_staging(scene_dir: Path) -> None:
@@ -253,7 +186,7 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
     try:
         with dask_client(opts.workers, opts.scheduler) as client:
             run_tasks(client, reader, spec, list(batched(tiles, opts.batch_tiles)), on_result)
-            worker_rss = _worker_peak_rss_mb(client)
+            worker_rss = worker_peak_rss_mb(client)
     finally:
         bar.close()
         stitcher.close()
@@ -322,8 +255,8 @@ def _run(opened: OpenedScene, tiles: list[Tile], spec: BackendSpec | Backend, ca
         "min_area_m2": opts.min_area_m2,
         "simplify_m": opts.simplify_m,
         **shaping,
-        "peak_rss_mb": round(_peak_rss_mb() + worker_rss, 1),
-        "peak_rss_mb_driver": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb() + worker_rss, 1),
+        "peak_rss_mb_driver": round(peak_rss_mb(), 1),
         "peak_rss_mb_workers": round(worker_rss, 1),
         "outputs": outputs,
     }

@@ -19,7 +19,8 @@ from geoseg.batch import run_job
 from geoseg.catalog import build_catalog, catalog_scenes, validate_offline
 from geoseg.demo import generate_scene
 from geoseg.errors import GeosegError
-from geoseg.job import QueueCluster, load_job, queue_cluster
+from geoseg.cluster import queue_cluster
+from geoseg.job import QueueCluster, load_job
 
 GEOSEG = [sys.executable, "-m", "geoseg.cli"]
 

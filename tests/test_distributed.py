@@ -11,7 +11,8 @@ from distributed import LocalCluster
 from geoseg.demo import generate_scene
 import os
 
-from geoseg.pipeline import RunOptions, dask_client, run_scene
+from geoseg.cluster import dask_client
+from geoseg.pipeline import RunOptions, run_scene
 
 
 def test_existing_scheduler_gives_the_same_result_as_in_process(tmp_path):

@@ -1,0 +1,116 @@
+"""Getting a Dask cluster, apart from the code that uses it: a LocalCluster started the way geoseg's workers
+need it, an existing scheduler, a batch queue (dask-jobqueue), or none (in-process), and the memory probes a
+run reports. ``geoseg run`` (:mod:`geoseg.cli`, :mod:`geoseg.pipeline`) and ``geoseg pipeline run``
+(:mod:`geoseg.batch`) take their clients from here.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+import dask
+
+from .errors import GeosegError
+
+if TYPE_CHECKING:
+    from .job import AddressCluster, LocalCluster, QueueCluster
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MiB. VmHWM, not ru_maxrss: Linux carries ru_maxrss across
+    fork+exec, so a worker would report its parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, the fallback elsewhere
+
+
+@contextmanager
+def _adaptive_malloc() -> Iterator[None]:
+    """Start worker processes without MALLOC_TRIM_THRESHOLD_. Dask sets it to 65536 (in its config, and in the
+    environment of the process that starts a Nanny, from where later clusters inherit it); any value switches
+    off glibc's adaptive mmap threshold, so every tensor above 128 KiB is mmap-ed and page-faulted afresh:
+    Fast-SCNN ran 2.1x slower per tile (21 -> 44 ms). Workers started by ``dask worker`` need the same (README)."""
+    saved = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            yield
+    finally:
+        if saved is not None:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
+
+
+def _limit_torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def dask_client(workers: int | None, scheduler: str | None) -> Iterator[object | None]:
+    """A distributed Client (existing scheduler, or a new LocalCluster), or None for in-process runs."""
+    if scheduler is None and workers == 0:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, ValueError, TypeError) as err:  # unreachable, or not an address ("missing port number")
+            raise GeosegError(f"--scheduler {scheduler}: cannot connect ({str(err).splitlines()[0][:200]})") from None
+        with client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    # dashboard ":0": any free port for the scheduler's HTTP server (None still binds 8787, and warns on stderr
+    # when another cluster holds it)
+    with _adaptive_malloc(), \
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        client.run(_limit_torch_threads)
+        yield client
+
+
+def worker_peak_rss_mb(client) -> float:
+    if client is None:
+        return 0.0
+    return float(sum(client.run(peak_rss_mb).values()))
+
+
+@contextmanager
+def job_client(cluster: LocalCluster | AddressCluster | QueueCluster) -> Iterator[object | None]:
+    """A distributed Client for the job's cluster, open for the whole job (None: in-process, ``workers: 0``)."""
+    if cluster.kind == "local":
+        with dask_client(cluster.workers, None) as client:
+            yield client
+    elif cluster.kind == "address":
+        with dask_client(None, cluster.address) as client:
+            yield client
+    else:
+        queue = queue_cluster(cluster)
+        queue.scale(jobs=cluster.jobs)
+        from distributed import Client
+
+        with queue, Client(queue) as client:
+            yield client
+
+
+def queue_cluster(cluster: QueueCluster):
+    """The dask-jobqueue cluster object (not yet scaled: ``job_script()`` shows what it would submit)."""
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise GeosegError(f"cluster kind {cluster.kind} needs dask-jobqueue: pip install 'geoseg[hpc]'") from None
+    cls = dask_jobqueue.SLURMCluster if cluster.kind == "slurm" else dask_jobqueue.PBSCluster
+    extra = {"account": cluster.account} if cluster.account else {}
+    return cls(cores=cluster.cores, processes=cluster.cores, memory=cluster.memory, queue=cluster.queue,
+               walltime=cluster.walltime, job_extra_directives=cluster.job_extra_directives,
+               job_script_prologue=["export OMP_NUM_THREADS=1"], **extra)
