@@ -8,11 +8,12 @@ The scene is ``--cells`` x ``--cells`` cells of 512 x 512 px at the default buil
 with ``--seed``. Every cell is real imagery that no shipped model trained on, read as training reads it (the
 ``val`` scenes of ``geoseg/configs/buildings-unet-r18.yaml``):
 
-* **with buildings** (6 of 49 cells, which puts buildings in 12 of the run's 64 tiles, 19 %): Banepa's and Atlanta's held-out rows (strips under 512 px tall,
+* **with buildings** (5 of 49 cells, which puts buildings in 11 of the 63 run tiles with imagery, 17 %): Banepa's and Atlanta's held-out rows (strips under 512 px tall,
   their 512 px wide pieces stacked into one cell, so a cell holds no nodata), and Dubai tile_3 windows with at
   least 0.5 % building pixels (the gate's target definition);
 * **without** (the rest): Dubai tile_3 windows of desert, roads, water, vegetation and bare land with less than
-  0.5 % building pixels (mostly open water: at most a quarter of them), and the NEON forest scene (``scenes/``, not one of the
+  0.5 % building pixels (open water, the easiest for a gate, only where the other ground runs out: tile_3 has
+  too little of it, and the scene is 45 % water), and the NEON forest scene (``scenes/``, not one of the
   training plots: 133 px at 0.3 m, the rest of its cell is nodata).
 
 Windows inside a Dubai image may overlap by at most half a window (tile_3 is the only validation-side ground of
@@ -37,17 +38,17 @@ import numpy as np
 
 import rasterio
 
-from geoseg.datasets import IGNORE, LabelledScene, dubai_source, read_whole
+from geoseg.datasets import DUBAI_CLASSES, IGNORE, LabelledScene, dubai_source, read_whole
 from geoseg.evaluate import write_labelled_region
 from geoseg.tile import tile_grid
-from geoseg.train import load_config, load_scenes
+from geoseg.train import load_config, load_scenes, source_place
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "geoseg" / "configs" / "buildings-unet-r18.yaml"
 FOREST = ROOT / ".." / "shared" / "data" / "scenes" / "neon_forest_rgb_10cm.tif"
 CELL_PX, GSD_M, TARGET_FRACTION = 512, 0.3, 0.005
-#: cells with buildings: 6 of 49, which gives 12 of the run's 64 tiles (19 %): a run tile (512 px, 448 apart)
-#: overlaps up to four cells, so more tiles than cells hold a building
+#: cells with buildings: 5 of 49, which gives 11 of the 63 run tiles with imagery (17 %): a run tile (512 px, 448
+#: apart) overlaps up to four cells, so more tiles than cells hold a building
 BUILDING_CELL_SHARE = 0.1
 #: the kinds of ground in ``sparse.kinds.tif`` (value = index; Dubai's classes are 1-5)
 KINDS = ["unknown", "building", "land", "road", "vegetation", "water", "forest", "town ground"]
@@ -130,30 +131,36 @@ def spread(cells: list[Cell], n: int) -> list[Cell]:
     return [cells[int(i)] for i in np.linspace(0, len(cells) - 1, n).round()]
 
 
-def dubai_landcover() -> dict[str, np.ndarray]:
-    """Dubai tile_3's land-cover classes (DUBAI_CLASSES) at 0.3 m, by scene name: on the same grid as the
-    building labels the config reads."""
+def validation_side() -> tuple[dict[str, LabelledScene], list[LabelledScene], dict[str, np.ndarray]]:
+    """What the scene is made of, each read once and nothing else: Banepa's and Atlanta's held-out rows (building
+    labels, separators counted as building), Dubai tile_3 with building labels, and tile_3's land-cover classes
+    (DUBAI_CLASSES) by scene name on the same grid."""
     config, root = load_config(CONFIG)
-    dubai = next(src for src in config.sources if src.kind == "dubai")
-    return {s.name: s.labels for s in dubai_source(str(root / dubai.root), GSD_M, dubai.assumed_gsd_m, ["tile_3"])
-            if s.split == "val"}
-
-
-def choose_cells(n_cells: int, landcover: dict[str, np.ndarray]) -> list[Cell]:
-    config, root = load_config(CONFIG)
-    scenes = {s.name: s for s in load_scenes(config, root) if s.split == "val"}
-    for s in scenes.values():  # the separator class is building here
+    towns = [src for src in config.sources if src.kind == "geotiff" and source_place(src) in ("banepa", "atlanta")]
+    scenes = {s.name: s for s in load_scenes(config.model_copy(update={"sources": towns}), root) if s.split == "val"}
+    for s in scenes.values():
         s.labels = np.where(s.labels == IGNORE, IGNORE, s.labels > 0).astype(np.uint8)
-    dubai = [s for name, s in sorted(scenes.items()) if name.startswith("dubai/")]
+    src = next(src for src in config.sources if src.kind == "dubai")
+    tile_3 = dubai_source(str(root / src.root), GSD_M, src.assumed_gsd_m, ["tile_3"], tiles=["tile_3"])
+    landcover = {s.name: s.labels for s in tile_3}
+    building = DUBAI_CLASSES.index("building")  # buildings_only labels, from the same read
+    dubai = [LabelledScene(s.name, s.pixels, np.where(s.labels == IGNORE, IGNORE, s.labels == building).astype(np.uint8),
+                           "val") for s in tile_3]
+    return scenes, dubai, landcover
+
+
+def choose_cells(n_cells: int, scenes: dict[str, LabelledScene], dubai: list[LabelledScene],
+                 landcover: dict[str, np.ndarray]) -> list[Cell]:
     towns = [folded_cell(scenes["banepa:val"]), folded_cell(scenes["atlanta:val"])]
     n_building = round(BUILDING_CELL_SHARE * n_cells)
     with_buildings = towns + spread([c for s in dubai for c in windows(s, lambda f: f >= TARGET_FRACTION)],
                                     n_building - len(towns))
     without_buildings = [c for s in dubai for c in windows(s, lambda f: f < TARGET_FRACTION)]
     n_without = n_cells - len(with_buildings) - 1
-    # open water is most of tile_3's building-free ground and the easiest for a gate: at most a quarter of it
-    water = [c for c in without_buildings if (kinds_of(c, landcover) == KINDS.index("water")).mean() >= 0.5]
-    land = [c for c in without_buildings if (kinds_of(c, landcover) == KINDS.index("water")).mean() < 0.5]
+    # open water is the easiest ground for a gate: a quarter of the cells, more only where the land runs out
+    is_water = [(kinds_of(c, landcover) == KINDS.index("water")).mean() >= 0.5 for c in without_buildings]
+    water = [c for c, w in zip(without_buildings, is_water) if w]
+    land = [c for c, w in zip(without_buildings, is_water) if not w]
     n_water = max(n_without // 4, n_without - len(land))
     without = [forest_cell()] + spread(land, n_without - n_water) + spread(water, n_water)
     if len(with_buildings) + len(without) < n_cells:
@@ -169,8 +176,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     n = args.cells
-    landcover = dubai_landcover()
-    cells = choose_cells(n * n, landcover)
+    scenes, dubai, landcover = validation_side()
+    cells = choose_cells(n * n, scenes, dubai, landcover)
     order = np.random.default_rng(args.seed).permutation(len(cells))
     pixels = np.zeros((3, n * CELL_PX, n * CELL_PX), np.float32)
     labels = np.full((n * CELL_PX, n * CELL_PX), IGNORE, np.uint8)

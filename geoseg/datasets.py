@@ -247,11 +247,14 @@ def plain_pixels(image: Image.Image, mask: Image.Image, native_gsd_m: float, gsd
 
 
 def dubai_source(root: str, gsd_m: float, assumed_gsd_m: float, val_tiles: list[str],
-                 buildings_only: bool = False) -> list[LabelledScene]:
-    """Dubai tiles at an assumed native GSD, resized to ``gsd_m``, scene-stretched like inference."""
+                 buildings_only: bool = False, tiles: list[str] | None = None) -> list[LabelledScene]:
+    """Dubai tiles at an assumed native GSD, resized to ``gsd_m``, scene-stretched like inference; ``tiles``:
+    only these tile folders (default: all)."""
     scenes = []
     for image_path in sorted(Path(root).glob("tile_*/images/*.jpg")):
         tile = image_path.parent.parent.name
+        if tiles is not None and tile not in tiles:
+            continue
         mask_path = image_path.parent.parent / "masks" / f"{image_path.stem}.png"
         pixels, mask = plain_pixels(Image.open(image_path), Image.open(mask_path).convert("RGB"), assumed_gsd_m, gsd_m)
         split = "val" if tile in val_tiles else "train"

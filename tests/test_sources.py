@@ -42,6 +42,14 @@ def test_dubai_as_buildings_keeps_other_classes_as_negatives():
     assert dubai_labels(rgb, buildings_only=True).tolist() == [[1, 0, 0, IGNORE]]
 
 
+@needs_shared_data()
+def test_dubai_can_be_read_one_tile_folder_at_a_time():
+    from geoseg.datasets import dubai_source
+
+    scenes = dubai_source(str(SHARED_DATA / "landcover" / "dubai"), 1.0, 0.5, ["tile_3"], tiles=["tile_3"])
+    assert scenes and all(s.name.startswith("dubai/tile_3/") and s.split == "val" for s in scenes)
+
+
 def test_xyz_tiles_are_placed_by_their_indices_and_grouped_into_mosaics(tmp_path):
     z = 20
     (tmp_path / "tiles").mkdir()
