@@ -3,7 +3,7 @@
     python benchmarks/gate_study.py --model runs/a.safetensors [--model runs/b.safetensors ...]
         [--sparse ~/.cache/geoseg/sparse/sparse.yaml] [--out runs/gate-study]
 
-For each model, the tiles are encoded once and cached (``OUT/<sha256[:12]>-<set>.npz``): the calibration tiles (the
+For each model, the tiles are encoded once and cached (``OUT/<sha256[:12]>-<set>[-<scene sha>].npz``): the calibration tiles (the
 ``train`` scenes of ``geoseg/configs/buildings-unet-r18.yaml``, 512 px, no overlap, as ``geoseg calibrate``), the
 validation tiles (its ``val`` scenes) and the sparse benchmark's tiles (``benchmarks/make_sparse_scene.py``: 512 px
 with the 64 px overlap of ``geoseg run``, so its 64 tiles are the run's). Then every calibration variant
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from geoseg.calibrate import collect, false_alarms_by_group
+from geoseg.card import file_sha256
 from geoseg.gate import calibrate_rules, gate_open, rates
 from geoseg.model import load_model, use_bf16
 from geoseg.train import load_config
@@ -51,14 +52,15 @@ TILE_SETS = {"cal": ("train", 0), "val": ("val", 0), "sparse": ("val", 64)}  # s
 
 
 def encoded(model: str, sparse: str, out: Path) -> dict[str, np.ndarray]:
-    """Channel means, building fractions and places of the three tile sets (each cached per weights: delete
-    ``OUT/*-sparse.npz`` after rebuilding the sparse scene)."""
+    """Channel means, building fractions and places of the three tile sets, each cached per weights (and, for
+    the sparse scene, per its image's content: a rebuilt scene is encoded again)."""
     net, sha = load_model(model)
     torch.set_num_threads(os.cpu_count() or 1)
     autocast, rng, arrays = use_bf16("auto"), np.random.default_rng(0), {}
     out.mkdir(parents=True, exist_ok=True)
+    scene_sha = file_sha256(Path(sparse).parent / "sparse.tif")[:12]
     for key, (split, overlap) in TILE_SETS.items():
-        cache = out / f"{sha[:12]}-{key}.npz"
+        cache = out / f"{sha[:12]}-{key}{'-' + scene_sha if key == 'sparse' else ''}.npz"
         if not cache.exists():
             config = Path(sparse) if key == "sparse" else CONFIG
             tiles = collect(net, [load_config(config)], split, 512, autocast, rng, overlap_px=overlap)

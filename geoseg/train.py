@@ -400,7 +400,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         groups.append({"params": policy, "lr": config.policy_lr or config.lr})
     probe = None
     if config.gate_aux is not None:
-        if not hasattr(net, "encode") or config.architecture in ("segblocks", "maskrcnn", "maskrcnn-light"):
+        if config.architecture in ("segblocks", "maskrcnn", "maskrcnn-light"):  # no encode -> gate -> decode
             raise GeosegError(f"{config_path}: gate_aux: only encoder-decoder models have a gate to train for")
         aux = config.gate_aux
         probe = GateProbe(aux.channels, aux.weight, aux.target_fraction, config.building_classes)
