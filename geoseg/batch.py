@@ -41,7 +41,7 @@ from .errors import GeosegError
 from .gate import gate_path
 from .cluster import job_client
 from .job import Job
-from .pipeline import STAGING_PREFIX, RunOptions, run_scene
+from .pipeline import STAGING_PREFIX, RunOptions, SceneOutcome, one_line_error, run_scenes
 from .write import safe_folder_name
 
 MANIFEST, LOCK = "manifest.json", ".geoseg-job.lock"
@@ -68,17 +68,33 @@ def run_job(job: Job, progress: bool = True) -> dict:
                       "geoseg:backend": spec.name, "geoseg:gate_sha256": _gate_sha256(spec)}
         settings = _settings_key(job, spec)
         manifest = _load_manifest(out)
-        rows = []
+        rows: dict[str, dict] = {}
+        bar = tqdm(total=len(scenes), desc=job.name, unit="scene", disable=not progress, file=sys.stderr)
+
+        def record(scene_id: str, row: dict) -> None:
+            rows[scene_id] = row
+            entry = {k: v for k, v in row.items() if k not in ("status", "reason")}
+            entry["status"] = "done" if row["status"] == "skipped" else row["status"]
+            if entry != manifest.get(scene_id):  # a skipped scene may have been touched: its new mtime
+                manifest[scene_id] = entry
+                _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+            bar.update(1)
+
+        pending: dict[str, tuple[str, dict]] = {}  # output folder -> (scene id, row so far)
+        for scene in scenes:
+            row = _scene_row(scene, folders[scene.id], out, manifest, model_sha256, settings)
+            if row["status"] == "todo":
+                pending[folders[scene.id]] = (scene.id, row)
+            else:
+                record(scene.id, row)
         with job_client(job.cluster) as client:
             options = _run_options(job, spec, None if client is None else client.scheduler.address)
-            for scene in tqdm(scenes, desc=job.name, unit="scene", disable=not progress, file=sys.stderr):
-                row = _one_scene(scene, folders[scene.id], out, options, job.retries, manifest, model_sha256, settings)
-                rows.append(row)
-                entry = {k: v for k, v in row.items() if k not in ("status", "reason")}
-                entry["status"] = "done" if row["status"] == "skipped" else row["status"]
-                if entry != manifest.get(scene.id):  # a skipped scene may have been touched: its new mtime
-                    manifest[scene.id] = entry
-                    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+            todo = [(row["input"], folder) for folder, (_, row) in pending.items()]
+            for outcome in run_scenes(todo, out, options, client, retries=job.retries):
+                scene_id, row = pending[outcome.name]
+                record(scene_id, _finished_row(row, outcome))
+        bar.close()
+        rows = [rows[scene.id] for scene in scenes]
         _write_result_catalog(out, job, scenes, folders, manifest, provenance)
         summary = {"job": job.name, "catalog": job.catalog, "output": str(out), **provenance,
                    "scenes": len(rows), "done": sum(r["status"] == "done" for r in rows),
@@ -101,8 +117,9 @@ def scene_folders(scenes: list[SceneRef]) -> dict[str, str]:
     return folders
 
 
-def _one_scene(scene: SceneRef, folder_name: str, out: Path, options: RunOptions, retries: int, manifest: dict,
-               model_sha256: str, settings: str) -> dict:
+def _scene_row(scene: SceneRef, folder_name: str, out: Path, manifest: dict, model_sha256: str, settings: str) -> dict:
+    """A scene's manifest row before any work: status ``skipped`` (done before with the same input, model and
+    settings, outputs all there), ``failed`` (its file cannot be read) or ``todo``."""
     row = {"scene": scene.id, "folder": folder_name, "input": scene.href, "item": scene.item_href,
            "model_sha256": model_sha256, "settings": settings}
     before = manifest.get(scene.id, {})
@@ -116,25 +133,22 @@ def _one_scene(scene: SceneRef, folder_name: str, out: Path, options: RunOptions
     if before.get("status") == "done" and before.get("folder", folder_name) == folder_name and same and all((folder / name).exists() for name in before.get("outputs", [])):
         return {**before, "folder": folder_name, "input_size": row["input_size"], "input_mtime_ns": row["input_mtime_ns"],
                 "status": "skipped", "reason": "done before with the same input, model and settings"}
-    error, summary = "", None
-    for attempt in range(1, retries + 2):
-        t = time.perf_counter()
-        try:
-            summary = run_scene(scene.href, out, options, name=folder_name)
-            break
-        except GeosegError as err:  # the input is bad: trying again would fail again
-            error = str(err)
-            break
-        except Exception as err:  # a worker lost too often, a connection dropped...: transient, retried
-            error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-            print(f"geoseg: scene {scene.id}, attempt {attempt}: {error}", file=sys.stderr)
-    row["attempts"] = attempt
-    if summary is None:
-        return row | {"status": "failed", "error": error, "seconds": round(time.perf_counter() - t, 2)}
-    return row | {"status": "done", "error": "", "outputs": summary["outputs"] + ["summary.json"],
-                  "seconds": summary["seconds"], "buildings": summary["buildings"],
-                  "decoder_execution_rate": summary["decoder_execution_rate"], "finished_at": _now(),
-                  **({"high_res_fraction": summary["high_res_fraction"]} if "high_res_fraction" in summary else {})}
+    return row | {"status": "todo"}
+
+
+def _finished_row(row: dict, outcome: SceneOutcome) -> dict:
+    """The manifest row of a scene the run finished (done) or gave up on (failed, with its one-line error)."""
+    row = row | {"attempts": outcome.attempts}
+    summary = outcome.result
+    if isinstance(summary, GeosegError):  # bad input
+        return row | {"status": "failed", "error": str(summary)}
+    if isinstance(summary, Exception):  # failed on every try: a worker lost, a disk full...
+        return row | {"status": "failed", "error": one_line_error(summary)}
+    return row | {"status": "done", "error": "", "outputs": summary.outputs + ["summary.json"],
+                  "seconds": summary.seconds, "buildings": summary.buildings,
+                  "decoder_execution_rate": summary.decoder_execution_rate, "finished_at": _now(),
+                  **({"high_res_fraction": summary.details["high_res_fraction"]}
+                     if "high_res_fraction" in summary.details else {})}
 
 
 def _input_identity(path: Path, before: dict) -> dict:

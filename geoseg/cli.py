@@ -37,6 +37,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=512, dest="tile_px", help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, dest="overlap_px", help="tile overlap in pixels (default 64)")
     p.add_argument("--batch", type=int, default=4, dest="batch_tiles", help="tiles per Dask task (default 4)")
+    p.add_argument("--chunk", type=int, default=2048, dest="chunk_px",
+                   help="side in px of the chunks workers stitch, write and vectorise whole (default 2048)")
     p.add_argument("--bands", type=_int_list, default=None, help="1-based bands for the model, e.g. 1,2,3 or 1")
     p.add_argument("--formats", type=_formats, default=["geojson", "gpkg", "shp", "parquet"],
                    help="vector formats: geojson,gpkg,shp,parquet (default: all)")
@@ -70,29 +72,29 @@ def _options(args: argparse.Namespace):
     return opts.check()  # before any cluster starts: --workers -1 would wait forever for workers
 
 
-def _print_result(summary: dict, out_dir: Path) -> None:
-    print(f"{summary['scene']}: {summary['buildings']} buildings, {summary['tiles_decoded']}/{summary['tiles_total']} "
-          f"tiles decoded, {summary['megapixels']} Mpx in {summary['seconds']} s "
-          f"({summary['megapixels_per_second']} Mpx/s)")
-    print(f"outputs in {out_dir}/: {', '.join(summary['outputs'])}, summary.json")
-    if not summary.get("model_trained", True):
-        print(f"note: model {summary['model']} is an untrained placeholder: the outputs exercise the pipeline, "
+def _print_result(summary, out_dir: Path) -> None:
+    print(f"{summary.scene}: {summary.buildings} buildings, {summary.tiles_decoded}/{summary.tiles_total} "
+          f"tiles decoded, {summary.megapixels} Mpx in {summary.seconds} s ({summary.megapixels_per_second} Mpx/s; "
+          f"workers {summary.worker_s} s, driver {summary.driver_s} s)")
+    print(f"outputs in {out_dir}/: {', '.join(summary.outputs)}, summary.json")
+    if not summary.model_trained:
+        print(f"note: model {summary.model} is an untrained placeholder: the outputs exercise the pipeline, "
               "they do not show real buildings")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run each scene; one cluster serves them all. A scene with bad input is reported and the others go on.
-    Each scene gets its own output folder, named before any work (scenes sharing a file name get their parent
-    folders' names appended: ``OUT/scene-a``, ``OUT/scene-b``)."""
+    """Run the scenes together on one cluster (or in-process when they are too few tiles to pay for one). A scene
+    with bad input is reported and the others go on. Each scene gets its own output folder, named before any
+    work (scenes sharing a file name get their parent folders' names appended: ``OUT/scene-a``, ``OUT/scene-b``)."""
     from .cluster import dask_client
-    from .pipeline import run_scene
+    from .pipeline import run_scenes, run_workers
     from .read import check_file
     from .write import scene_folder_names
 
     opts = _options(args)
     failed = 0
 
-    def report(err: GeosegError) -> None:
+    def report(err: Exception) -> None:
         nonlocal failed
         if len(args.scenes) == 1:
             raise err
@@ -108,16 +110,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             report(err)
     if not todo:
         return 2
-    with dask_client(opts.workers, opts.scheduler) as client:
-        if client is not None:
-            opts.scheduler = client.scheduler.address
-        for scene, name in todo:
-            try:
-                summary = run_scene(scene, args.out, opts, name=name)
-            except GeosegError as err:
-                report(err)
-                continue
-            _print_result(summary, Path(args.out) / name)
+    with dask_client(run_workers([s for s, _ in todo], opts), opts.scheduler) as client:
+        for outcome in run_scenes(todo, args.out, opts, client):
+            if isinstance(outcome.result, Exception):
+                report(outcome.result)
+            else:
+                _print_result(outcome.result, Path(args.out) / outcome.name)
     return 2 if failed else 0
 
 

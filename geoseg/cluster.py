@@ -114,3 +114,75 @@ def queue_cluster(cluster: QueueCluster):
     return cls(cores=cluster.cores, processes=cluster.cores, memory=cluster.memory, queue=cluster.queue,
                walltime=cluster.walltime, job_extra_directives=cluster.job_extra_directives,
                job_script_prologue=["export OMP_NUM_THREADS=1"], **extra)
+
+
+class InProcess:
+    """The in-process stand-in for a distributed Client (``--workers 0``): ``submit`` runs the function at once
+    (futures given as arguments, also inside lists, are replaced by their values) and ``next_done`` hands the
+    finished calls back in order. An exception is kept and raised by ``result()``, as a Dask future does."""
+
+    def __init__(self):
+        from collections import deque
+
+        self.done = deque()
+
+    def submit(self, fn, *args, **_):
+        def value(a):
+            if isinstance(a, Finished):
+                return a.result()
+            return [value(x) for x in a] if isinstance(a, list) else a
+
+        try:
+            future = Finished(fn(*[value(a) for a in args]), None)
+        except Exception as err:  # noqa: BLE001 - handed back to the caller through result(), as Dask does
+            future = Finished(None, err)
+        self.done.append(future)
+        return future
+
+    def next_done(self):
+        return self.done.popleft()
+
+    def cancel(self, futures) -> None:
+        gone = {id(f) for f in futures}
+        self.done = type(self.done)(f for f in self.done if id(f) not in gone)
+
+    def workers(self) -> int:
+        return 1
+
+
+class Finished:
+    def __init__(self, value, error: BaseException | None):
+        self.value, self.error = value, error
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class OnCluster:
+    """Submitting to a distributed Client, with one completion queue for every future of a run."""
+
+    def __init__(self, client):
+        from distributed import as_completed
+
+        self.client = client
+        self.queue = as_completed()
+
+    def submit(self, fn, *args, priority: int = 0):
+        future = self.client.submit(fn, *args, pure=False, priority=priority)
+        self.queue.add(future)
+        return future
+
+    def next_done(self):
+        return next(self.queue)
+
+    def cancel(self, futures) -> None:
+        self.client.cancel(list(futures))
+
+    def workers(self) -> int:
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
+
+
+def runner_for(client) -> InProcess | OnCluster:
+    return InProcess() if client is None else OnCluster(client)

@@ -58,24 +58,6 @@ def ownership(tiles: list[Tile], height_px: int, width_px: int) -> dict[tuple[in
     return {(t.row_off, t.col_off): (*row_spans[t.row_off], *col_spans[t.col_off]) for t in tiles}
 
 
-class InstanceCollector:
-    """Keeps the instances each tile owns (module docstring), in scene pixels."""
-
-    def __init__(self, tiles: list[Tile], grid: Grid):
-        self.owned = ownership(tiles, grid.height, grid.width)
-        self.kept: list[Instance] = []
-        self.seen = 0
-
-    def add(self, tile: Tile, instances: list[Instance]) -> None:
-        r0, r1, c0, c1 = self.owned[(tile.row_off, tile.col_off)]
-        for inst in instances:
-            self.seen += 1
-            centre_r = tile.row_off + inst.row_px + inst.mask.shape[0] / 2  # the mask is its bounding box
-            centre_c = tile.col_off + inst.col_px + inst.mask.shape[1] / 2
-            if r0 <= centre_r < r1 and c0 <= centre_c < c1:
-                self.kept.append(Instance(tile.row_off + inst.row_px, tile.col_off + inst.col_px, inst.mask, inst.score))
-
-
 def instances_to_frame(instances: list[Instance], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
                        simplify_m: float = 0.0, **shaping) -> tuple[gpd.GeoDataFrame, list[Instance]]:
     """Polygons (the largest part of each mask) in the grid's CRS with id, score, area_m2; and the instances

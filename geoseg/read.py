@@ -272,35 +272,11 @@ def open_scene(
     path = os.fspath(path)
     check_file(path)
     with open_raster(path) as src:
-        _check_georeferencing(path, src, assume_crs)
-        try:
-            source_crs = src.crs or CRS.from_user_input(assume_crs)
-        except Exception:
-            raise GeosegError(f"--assume-crs {assume_crs!r}: not a CRS that PROJ knows") from None
+        source_crs = _source_crs(path, src, assume_crs)
         chosen = choose_bands(src, bands, n_model_bands)
         _check_pixels(path, src, chosen)
-        gsd_x, gsd_y = ground_gsd_m(source_crs, src.transform, src.width, src.height)
-        scene_gsd_m = (gsd_x + gsd_y) / 2
-        grid = Grid(source_crs.to_wkt(), src.transform, src.width, src.height)
-        wanted_gsd_m = target_gsd_m or model_gsd_m
-        upsample = scene_gsd_m / wanted_gsd_m
-        if target_gsd_m is not None and upsample > MAX_FORCED_UPSAMPLE:
-            raise GeosegError(
-                f"--target-gsd {target_gsd_m:g}: would upsample the {scene_gsd_m:.2f} m scene {upsample:.0f}x per axis "
-                f"into a {src.width * src.height * upsample**2 / 1e6:,.0f} Mpx grid; at most "
-                f"{MAX_FORCED_UPSAMPLE:g}x is allowed")
-        if not native_resolution and target_gsd_m is None and upsample > MAX_UPSAMPLE:
-            raise SceneTooCoarseError(
-                f"{path}: scene GSD {scene_gsd_m:.2f} m is {upsample:.0f}x coarser than the model's "
-                f"{model_gsd_m:.2f} m; buildings cannot be resolved and upsampling would make a "
-                f"{src.width * src.height * upsample**2 / 1e6:,.0f} Mpx scene. Use --native-resolution or "
-                f"--target-gsd M to force a run"
-            )
-        resampled = not native_resolution and abs(upsample - 1) > GSD_TOLERANCE
-        if resampled:
-            fx, fy = wanted_gsd_m / gsd_x, wanted_gsd_m / gsd_y  # >1: fewer, larger pixels
-            width, height = max(1, math.ceil(src.width / fx)), max(1, math.ceil(src.height / fy))
-            grid = Grid(grid.crs_wkt, src.transform @ Affine.scale(src.width / width, src.height / height), width, height)
+        grid, resampled, upsample, scene_gsd_m = _plan_grid(path, src, source_crs, model_gsd_m, target_gsd_m,
+                                                            native_resolution)
     reader = SceneReader(
         path=path,
         bands=chosen,
@@ -322,6 +298,53 @@ def open_scene(
         "resampled": resampled,
     }
     return OpenedScene(replace(reader, band_low=low, band_high=high), facts, overview)
+
+
+def _source_crs(path: str, src, assume_crs: str | None) -> CRS:
+    """The scene's CRS, or ``--assume-crs`` for a raster that has none (refused if it cannot be placed)."""
+    _check_georeferencing(path, src, assume_crs)
+    try:
+        return src.crs or CRS.from_user_input(assume_crs)
+    except Exception:
+        raise GeosegError(f"--assume-crs {assume_crs!r}: not a CRS that PROJ knows") from None
+
+
+def _plan_grid(path: str, src, source_crs: CRS, model_gsd_m: float, target_gsd_m: float | None,
+               native_resolution: bool) -> tuple[Grid, bool, float, float]:
+    """The processing grid (module docstring of :func:`open_scene`): (grid, resampled, upsample factor, scene GSD m)."""
+    gsd_x, gsd_y = ground_gsd_m(source_crs, src.transform, src.width, src.height)
+    scene_gsd_m = (gsd_x + gsd_y) / 2
+    grid = Grid(source_crs.to_wkt(), src.transform, src.width, src.height)
+    wanted_gsd_m = target_gsd_m or model_gsd_m
+    upsample = scene_gsd_m / wanted_gsd_m
+    if target_gsd_m is not None and upsample > MAX_FORCED_UPSAMPLE:
+        raise GeosegError(
+            f"--target-gsd {target_gsd_m:g}: would upsample the {scene_gsd_m:.2f} m scene {upsample:.0f}x per axis "
+            f"into a {src.width * src.height * upsample**2 / 1e6:,.0f} Mpx grid; at most "
+            f"{MAX_FORCED_UPSAMPLE:g}x is allowed")
+    if not native_resolution and target_gsd_m is None and upsample > MAX_UPSAMPLE:
+        raise SceneTooCoarseError(
+            f"{path}: scene GSD {scene_gsd_m:.2f} m is {upsample:.0f}x coarser than the model's "
+            f"{model_gsd_m:.2f} m; buildings cannot be resolved and upsampling would make a "
+            f"{src.width * src.height * upsample**2 / 1e6:,.0f} Mpx scene. Use --native-resolution or "
+            f"--target-gsd M to force a run"
+        )
+    resampled = not native_resolution and abs(upsample - 1) > GSD_TOLERANCE
+    if resampled:
+        fx, fy = wanted_gsd_m / gsd_x, wanted_gsd_m / gsd_y  # >1: fewer, larger pixels
+        width, height = max(1, math.ceil(src.width / fx)), max(1, math.ceil(src.height / fy))
+        grid = Grid(grid.crs_wkt, src.transform @ Affine.scale(src.width / width, src.height / height), width, height)
+    return grid, resampled, upsample, scene_gsd_m
+
+
+def scene_grid(path: str | os.PathLike, model_gsd_m: float, target_gsd_m: float | None = None,
+               native_resolution: bool = False, assume_crs: str | None = None) -> Grid:
+    """The processing grid a run of the scene would use, from its header alone (no pixels are read)."""
+    path = os.fspath(path)
+    check_file(path)
+    with open_raster(path) as src:
+        source_crs = _source_crs(path, src, assume_crs)
+        return _plan_grid(path, src, source_crs, model_gsd_m, target_gsd_m, native_resolution)[0]
 
 
 def stretch(raw: np.ndarray, valid: np.ndarray, band_low, band_high) -> np.ndarray:

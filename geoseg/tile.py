@@ -44,6 +44,11 @@ class Tile:
     def col_end(self) -> int:
         return self.col_off + self.width
 
+    def intersects(self, other: "Tile") -> bool:
+        """Whether the two rectangles share a pixel (touching edges do not)."""
+        return other.row_off < self.row_end and other.row_end > self.row_off and \
+            other.col_off < self.col_end and other.col_end > self.col_off
+
 
 def tile_offsets(length_px: int, tile_px: int, overlap_px: int) -> list[int]:
     """Start offsets along one axis of ``length_px`` pixels; the last tile ends on the last pixel."""

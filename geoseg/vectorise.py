@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import geopandas as gpd
 import numpy as np
 import rasterio
+import rasterio.transform
 import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
@@ -103,7 +104,7 @@ def _grow_into_separators(labels: np.ndarray, separator: np.ndarray, edges: list
         labels[take] = ndimage.grey_dilation(labels, footprint=_FOUR_CONNECTED)[take]
 
 
-def _merge_border_pieces(pieces: list[Piece]) -> list[Piece]:
+def merge_border_pieces(pieces: list[Piece]) -> list[Piece]:
     """Union pieces that share an edge of positive length (union-find over an STRtree)."""
     if not pieces:
         return []
@@ -132,6 +133,50 @@ def _merge_border_pieces(pieces: list[Piece]) -> list[Piece]:
     return merged
 
 
+def window_index(window: Window, grid: Grid, window_px: int) -> int:
+    """Row-major number of a vectorise window in the grid (pieces of the same window never merge)."""
+    return (int(window.row_off) // window_px) * -(-grid.width // window_px) + int(window.col_off) // window_px
+
+
+def pieces_in_window(labels_in: np.ndarray, building_class: int, prob: np.ndarray, separator: np.ndarray | None,
+                     window: Window, grid: Grid, window_px: int, min_pixels: int = 0, separator_threshold: float = 0.5,
+                     separator_dilate_px: int = 0) -> tuple[list[Piece], list[Piece]]:
+    """The buildings of one window: (final pieces, pieces touching an inner window border, to be merged).
+    ``labels_in``: class labels; ``prob``: building probability uint8; ``separator``: P(separator) uint8 or None."""
+    is_building = labels_in == building_class
+    if not is_building.any():
+        return [], []
+    edges = _inner_edges(window, grid)
+    split = None
+    if separator is not None:
+        split = separator >= round(separator_threshold * 255)
+        if separator_dilate_px > 0 and split.any():
+            split = ndimage.binary_dilation(split, _FOUR_CONNECTED, iterations=separator_dilate_px)
+        split &= is_building
+    core = is_building & ~split if split is not None else is_building
+    labels, count = ndimage.label(core, structure=_FOUR_CONNECTED)
+    if split is not None and split.any():
+        _grow_into_separators(labels, split, edges, SEPARATOR_GROW_PX + separator_dilate_px)
+    touching = _border_labels(labels, edges)
+    if min_pixels > 1:
+        small = np.bincount(labels.ravel(), minlength=count + 1) < min_pixels
+        small[0] = False
+        small[list(touching)] = False
+        labels[small[labels]] = 0
+    final, border = [], []
+    index = window_index(window, grid, window_px)
+    for label, piece in _window_pieces(labels, count, prob.astype(np.float64), window, index).items():
+        (border if label in touching else final).append(piece)
+    return final, border
+
+
+def windows_of(area: Window, window_px: int) -> list[Window]:
+    """Vectorise windows covering ``area`` (a whole grid, or a chunk core on the window grid), row-major."""
+    r0, c0, h, w = int(area.row_off), int(area.col_off), int(area.height), int(area.width)
+    return [Window(col, row, min(window_px, c0 + w - col), min(window_px, r0 + h - row))
+            for row in range(r0, r0 + h, window_px) for col in range(c0, c0 + w, window_px)]
+
+
 def building_pieces(mask_path: str, probability_path: str, grid: Grid, building_class: int,
                     window_px: int = 2048, min_pixels: int = 0, separator_path: str | None = None,
                     separator_threshold: float = 0.5, separator_dilate_px: int = 0) -> list[Piece]:
@@ -143,36 +188,17 @@ def building_pieces(mask_path: str, probability_path: str, grid: Grid, building_
     applied later, in square metres.
     """
     final, border = [], []
-    windows = [Window(col, row, min(window_px, grid.width - col), min(window_px, grid.height - row))
-               for row in range(0, grid.height, window_px) for col in range(0, grid.width, window_px)]
     with ExitStack() as stack:
         mask_ds, prob_ds = (stack.enter_context(rasterio.open(p)) for p in (mask_path, probability_path))
         separator_ds = stack.enter_context(rasterio.open(separator_path)) if separator_path else None
-        for index, window in enumerate(windows):
-            is_building = mask_ds.read(1, window=window) == building_class
-            if not is_building.any():
-                continue
-            prob = prob_ds.read(1, window=window).astype(np.float64)
-            edges = _inner_edges(window, grid)
-            separator = None
-            if separator_ds is not None:
-                separator = separator_ds.read(1, window=window) >= round(separator_threshold * 255)
-                if separator_dilate_px > 0 and separator.any():
-                    separator = ndimage.binary_dilation(separator, _FOUR_CONNECTED, iterations=separator_dilate_px)
-                separator &= is_building
-            core = is_building & ~separator if separator is not None else is_building
-            labels, count = ndimage.label(core, structure=_FOUR_CONNECTED)
-            if separator is not None and separator.any():
-                _grow_into_separators(labels, separator, edges, SEPARATOR_GROW_PX + separator_dilate_px)
-            touching = _border_labels(labels, edges)
-            if min_pixels > 1:
-                small = np.bincount(labels.ravel(), minlength=count + 1) < min_pixels
-                small[0] = False
-                small[list(touching)] = False
-                labels[small[labels]] = 0
-            for label, piece in _window_pieces(labels, count, prob, window, index).items():
-                (border if label in touching else final).append(piece)
-    return final + _merge_border_pieces(border)
+        for window in windows_of(Window(0, 0, grid.width, grid.height), window_px):
+            separator = separator_ds.read(1, window=window) if separator_ds is not None else None
+            done, touching = pieces_in_window(mask_ds.read(1, window=window), building_class,
+                                              prob_ds.read(1, window=window), separator, window, grid, window_px,
+                                              min_pixels, separator_threshold, separator_dilate_px)
+            final += done
+            border += touching
+    return final + merge_border_pieces(border)
 
 
 def metric_crs(crs: ProjCRS, gdf: gpd.GeoDataFrame) -> ProjCRS:
@@ -187,13 +213,14 @@ def metric_crs(crs: ProjCRS, gdf: gpd.GeoDataFrame) -> ProjCRS:
 
 
 def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
-                 simplify_m: float = 0.0, regularise: bool = False,
-                 min_rectangularity: float = 0.0) -> tuple[gpd.GeoDataFrame, np.ndarray]:
+                 simplify_m: float = 0.0, regularise: bool = False, min_rectangularity: float = 0.0,
+                 metric: ProjCRS | None = None) -> tuple[gpd.GeoDataFrame, np.ndarray]:
     """Polygons in grid pixel coordinates (with per-polygon ``columns``) to a GeoDataFrame in the grid's CRS:
     those less rectangular than ``min_rectangularity`` dropped (see :mod:`geoseg.outline`), simplified by
     ``simplify_m`` (metres, applied in pixels) or, with ``regularise``, given right-angled outlines,
     ``area_m2`` added, those under ``min_area_m2`` dropped, ``id`` 1..n in the given order. Also returns which
-    input polygons were kept (bool array)."""
+    input polygons were kept (bool array). ``metric``: the CRS areas are measured in (default: :func:`metric_crs`
+    of these polygons; a chunked run passes the scene's, so every chunk measures alike)."""
     crs = ProjCRS.from_wkt(grid.crs_wkt)
     shaped = rectangularity(polygons_px) >= min_rectangularity if min_rectangularity > 0 else np.ones(len(polygons_px), bool)
     polygons_px = [p for p, k in zip(polygons_px, shaped) if k]
@@ -207,7 +234,7 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
     frame = gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(geoms, crs=crs))
     keep = np.ones(len(frame), bool)
     if len(frame):
-        frame["area_m2"] = frame.geometry.to_crs(metric_crs(crs, frame)).area.round(2)
+        frame["area_m2"] = frame.geometry.to_crs(metric or metric_crs(crs, frame)).area.round(2)
         keep = (frame["area_m2"] >= min_area_m2).to_numpy()
         frame = frame[keep].reset_index(drop=True)
     else:
@@ -219,12 +246,31 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
 
 
 def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
-                    simplify_m: float = 0.0, **shaping) -> gpd.GeoDataFrame:
+                    simplify_m: float = 0.0, metric: ProjCRS | None = None, order_keys: bool = False,
+                    **shaping) -> gpd.GeoDataFrame:
     """Georeference pieces: GeoDataFrame in the grid's CRS with ``id``, ``confidence``, ``area_m2``.
 
     ``id`` is 1..n in order of each polygon's top-left pixel (row, then column), stable for the same mask.
+    ``order_keys``: also the columns ``top_px`` and ``left_px`` (that pixel, before simplification), by which
+    a chunked run orders the polygons of several chunks.
     """
-    pieces = sorted(pieces, key=lambda p: (p.polygon.bounds[1], p.polygon.bounds[0]))
-    confidence = [round(p.probability_sum / p.pixels / 255.0, 4) for p in pieces]
-    return georeference([p.polygon for p in pieces], {"confidence": confidence}, grid, gsd_m, min_area_m2, simplify_m,
+    pieces = sorted(pieces, key=piece_order)
+    columns = {"confidence": [round(p.probability_sum / p.pixels / 255.0, 4) for p in pieces]}
+    if order_keys:
+        columns |= {"top_px": [int(piece_order(p)[0]) for p in pieces], "left_px": [int(piece_order(p)[1]) for p in pieces]}
+    return georeference([p.polygon for p in pieces], columns, grid, gsd_m, min_area_m2, simplify_m, metric=metric,
                         **shaping)[0]
+
+
+def piece_order(piece: Piece) -> tuple[float, float]:
+    """(top row, left column) of a piece's bounds, grid px: the order of ids."""
+    minx, miny = piece.polygon.bounds[:2]
+    return miny, minx
+
+
+def scene_metric_crs(grid: Grid) -> ProjCRS:
+    """:func:`metric_crs` for the whole grid (its footprint), so areas do not depend on which chunk measures."""
+    west, south, east, north = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)
+    footprint = gpd.GeoDataFrame(geometry=gpd.GeoSeries([shapely.box(west, south, east, north)],
+                                                        crs=ProjCRS.from_wkt(grid.crs_wkt)))
+    return metric_crs(ProjCRS.from_wkt(grid.crs_wkt), footprint)

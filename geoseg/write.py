@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 from typing import Collection, Sequence
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 import rasterio.shutil
@@ -49,41 +48,29 @@ def write_cog(source_path: str, dest_path: str, categorical: bool) -> None:
     )
 
 
-def write_vectors(frame: gpd.GeoDataFrame, staging: Path, formats: list[str]) -> list[str]:
-    """Write buildings in each format into ``staging``; returns file names written there.
+class Preview:
+    """A PNG of the image (uint8 RGB, (3, h, w)) with building outlines drawn on as they come; ``scale`` = preview
+    px per grid px."""
 
-    GeoJSON is EPSG:4326 per RFC 7946; the others keep the scene's CRS. Empty results are written as valid
-    empty layers, so a scene without buildings still has its files.
-    """
-    written = []
-    for fmt in formats:
-        name, driver = VECTOR_FORMATS[fmt]
-        path = staging / name
-        if driver == "parquet":
-            frame.to_parquet(path, index=False)
-        elif driver == "GeoJSON":
-            frame.to_crs("EPSG:4326").to_file(path, driver=driver, engine="pyogrio", layer_options={"RFC7946": "YES"},
-                                               geometry_type="Polygon")
-        else:
-            frame.to_file(path, driver=driver, engine="pyogrio", geometry_type="Polygon")
-        if driver == "ESRI Shapefile":
-            written += [path.with_suffix(ext).name for ext in SHAPEFILE_PARTS if path.with_suffix(ext).exists()]
-        else:
-            written.append(name)
-    return written
+    def __init__(self, rgb: np.ndarray, valid: np.ndarray, scale: float):
+        image = np.moveaxis(rgb, 0, -1).copy()
+        image[~valid] = 0
+        self.picture = Image.fromarray(image, "RGB")
+        self.draw_on = ImageDraw.Draw(self.picture)
+        self.scale = scale
 
+    def draw(self, geometries, grid) -> None:
+        """Outlines of polygons in the grid's CRS (mapped back to grid pixels)."""
+        inverse = ~grid.transform
+        to_px = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
+        for poly in geometries:
+            for part in getattr(poly, "geoms", [poly]):
+                ring = shapely.affinity.affine_transform(part.exterior, to_px)
+                self.draw_on.line([(x * self.scale, y * self.scale) for x, y in ring.coords], fill=(255, 40, 40),
+                                  width=2 if self.scale > 0.5 else 1)
 
-def write_preview(rgb: np.ndarray, valid: np.ndarray, polygons_px: list[shapely.Polygon], scale: float, path: Path) -> None:
-    """PNG of the image (uint8 RGB, (3, h, w)) with building outlines; ``scale`` = preview px per grid px."""
-    image = np.moveaxis(rgb, 0, -1).copy()
-    image[~valid] = 0
-    picture = Image.fromarray(image, "RGB")
-    draw = ImageDraw.Draw(picture)
-    for poly in polygons_px:
-        for part in getattr(poly, "geoms", [poly]):
-            ring = [(x * scale, y * scale) for x, y in part.exterior.coords]
-            draw.line(ring, fill=(255, 40, 40), width=2 if scale > 0.5 else 1)
-    picture.save(path)
+    def save(self, path: Path) -> None:
+        self.picture.save(path)
 
 
 def publish(staging: Path, out_dir: Path, names: list[str]) -> list[str]:

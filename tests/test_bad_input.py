@@ -59,7 +59,7 @@ def test_assume_crs_makes_a_crs_less_raster_run(tmp_path, monkeypatch, capsys):
 
     summary = run_scene("nocrs.tif", "out", RunOptions(workers=0, assume_crs="EPSG:32636", progress=False),
                         backend=PixelBackend())
-    assert summary["crs"] == "EPSG:32636"
+    assert summary.crs == "EPSG:32636"
     with rasterio.open(tmp_path / "out" / "nocrs" / "mask.tif") as mask:
         assert mask.crs.to_epsg() == 32636
 

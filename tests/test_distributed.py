@@ -21,7 +21,7 @@ def test_existing_scheduler_gives_the_same_result_as_in_process(tmp_path):
     local = run_scene(scene, tmp_path / "local", RunOptions(workers=0, **base))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         remote = run_scene(scene, tmp_path / "remote", RunOptions(scheduler=cluster.scheduler_address, **base))
-    assert remote["tiles_total"] == local["tiles_total"] == 9 and remote["peak_rss_mb_workers"] > 0
+    assert remote.tiles_total == local.tiles_total == 9 and remote.peak_rss_mb_workers > 0
     for name in ("mask.tif", "probability.tif"):
         with rasterio.open(tmp_path / "local" / "scene" / name) as a, rasterio.open(tmp_path / "remote" / "scene" / name) as b:
             diff = np.abs(a.read(1).astype(int) - b.read(1).astype(int))

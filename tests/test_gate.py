@@ -137,15 +137,15 @@ def test_pipeline_with_a_gate_that_opens_all_equals_dense_and_one_that_opens_non
     scene = write_scene(tmp_path / "scene.tif", rng.integers(0, 255, (3, 150, 200), dtype=np.uint8))
     dense = run_scene(scene, tmp_path / "dense", fast_options, backend=UNetBackend(str(path), precision="fp32"))
     gated = run_scene(scene, tmp_path / "gated", fast_options, backend=BGSBackend(str(path), precision="fp32", gate=gate))
-    assert gated["tiles_encoded"] == dense["tiles_encoded"] > 1
+    assert gated.tiles_encoded == dense.tiles_encoded > 1
     with rasterio.open(tmp_path / "dense" / "scene" / "probability.tif") as a, \
             rasterio.open(tmp_path / "gated" / "scene" / "probability.tif") as b:
         if opens == "all":
-            assert gated["decoder_execution_rate"] == 1.0
+            assert gated.decoder_execution_rate == 1.0
             np.testing.assert_array_equal(a.read(), b.read())
         else:
-            assert gated["tiles_decoded"] == 0 and gated["decoder_execution_rate"] == 0.0
-            assert b.read().max() == 0 and gated["buildings"] == 0
+            assert gated.tiles_decoded == 0 and gated.decoder_execution_rate == 0.0
+            assert b.read().max() == 0 and gated.buildings == 0
 
 
 @needs_shared_data()

@@ -42,7 +42,7 @@ def test_output_pixels_map_one_to_one(tmp_path, fast_options, height, width, dty
         labels = mask.read(1)
         decided = np.abs(expected - 127.5) > 2
         assert np.array_equal(labels[decided], (expected[decided] > 127.5).astype(np.uint8))
-    assert summary["tiles_total"] == summary["tiles_encoded"] == backend.tiles_seen
+    assert summary.tiles_total == summary.tiles_encoded == backend.tiles_seen
 
 
 def test_nodata_is_nodata_in_outputs_and_empty_tiles_never_reach_the_model(tmp_path, fast_options):
@@ -59,8 +59,8 @@ def test_nodata_is_nodata_in_outputs_and_empty_tiles_never_reach_the_model(tmp_p
     invalid = (data == 0).all(axis=0)
     assert (labels[invalid] == MASK_NODATA).all() and (labels[~invalid] != MASK_NODATA).all()
     assert np.array_equal(prob_valid, ~invalid)
-    assert summary["tiles_nodata"] > 0
-    assert backend.tiles_seen == summary["tiles_encoded"] == summary["tiles_total"] - summary["tiles_nodata"]
+    assert summary.tiles_nodata > 0
+    assert backend.tiles_seen == summary.tiles_encoded == summary.tiles_total - summary.tiles_nodata
 
 
 def test_ground_gsd_is_metres_for_geographic_and_web_mercator():
@@ -77,7 +77,7 @@ def test_geographic_scene_is_resampled_to_model_gsd(tmp_path, fast_options):
     transform = Affine(1.35e-6, 0, 32.58, 0, -1.35e-6, 0.33)  # ~0.15 m at Kampala: half the model's GSD
     scene = write_scene(tmp_path / "geo.tif", data, crs="EPSG:4326", transform=transform)
     summary = run_scene(scene, tmp_path / "out", fast_options, backend=PixelBackend(gsd_m=0.3))
-    assert summary["resampled"] and summary["grid_gsd_m"] == pytest.approx(0.3, rel=0.05)
+    assert summary.resampled and summary.grid_gsd_m == pytest.approx(0.3, rel=0.05)
     with rasterio.open(tmp_path / "out" / "geo" / "mask.tif") as mask:
         assert mask.crs == CRS.from_epsg(4326)
         assert mask.width == pytest.approx(150, abs=1) and mask.height == pytest.approx(150, abs=1)
@@ -94,7 +94,7 @@ def test_far_too_coarse_scene_is_refused_unless_forced(tmp_path, fast_options):
     assert not (tmp_path / "out").exists()
     fast_options.native_resolution = True
     summary = run_scene(scene, tmp_path / "out", fast_options, backend=PixelBackend())
-    assert not summary["resampled"] and summary["grid_size_px"] == [60, 60]
+    assert not summary.resampled and summary.grid_size_px == [60, 60]
 
 
 def test_single_band_is_repeated_and_band_choice_validated(tmp_path, fast_options):

@@ -208,7 +208,7 @@ def test_scenes_where_no_utm_zone_fits_get_areas(tmp_path, crs, transform):
     summary = run_scene(scene, tmp_path / "out", RunOptions(workers=0, progress=False, min_area_m2=0, simplify_m=0),
                         backend=PixelBackend())
     frame = gpd.read_file(tmp_path / "out" / "scene" / "buildings.gpkg")
-    assert summary["buildings"] >= 1
+    assert summary.buildings >= 1
     building = frame.sort_values("area_m2").iloc[-1]
     assert building.area_m2 == pytest.approx((16 * 0.3) ** 2, rel=0.1)  # the 16 x 16 px bright square
 
@@ -223,7 +223,7 @@ def test_a_local_engineering_crs_runs_in_its_own_metres(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     summary = run_scene(scene, tmp_path / "out", RunOptions(workers=0, progress=False, formats=["gpkg"], min_area_m2=0,
                                                             simplify_m=0), backend=PixelBackend())
-    assert summary["source_gsd_m"] == pytest.approx(0.3)
+    assert summary.source_gsd_m == pytest.approx(0.3)
     frame = gpd.read_file(tmp_path / "out" / "scene" / "buildings.gpkg")
     assert frame.area_m2.max() == pytest.approx((16 * 0.3) ** 2, rel=0.05)
 
@@ -287,7 +287,7 @@ def test_a_rerun_with_fewer_formats_leaves_only_its_own_outputs(tmp_path):
     opts.formats = ["geojson"]
     summary = run_scene(scene, tmp_path / "out", opts, backend=PixelBackend())
     left = sorted(p.name for p in (tmp_path / "out" / "scene").iterdir())
-    assert left == sorted(summary["outputs"] + ["summary.json", "my-notes.txt"])
+    assert left == sorted(summary.outputs + ["summary.json", "my-notes.txt"])
 
 
 # --- 9. inputs are opened with raster drivers that cannot read other files ------------------------------
@@ -401,7 +401,7 @@ def test_masked_ground_stays_nodata_when_the_scene_is_resampled(tmp_path, kind):
     else:
         write_scene(path, data, transform=transform, nodata=0)
     summary = run_scene(path, tmp_path / "out", RunOptions(workers=0, progress=False), backend=PixelBackend())
-    assert summary["resampled"]
+    assert summary.resampled
     with rasterio.open(tmp_path / "out" / "scene" / "mask.tif") as mask:
         labels = mask.read(1)
     assert (labels[:, :31] == 255).all() and (labels[:, 33:] != 255).all()
@@ -436,7 +436,7 @@ def test_the_summary_says_which_precision_the_workers_used(tmp_path, precision):
     summary = run_scene(scene, tmp_path / "out", RunOptions(workers=0, progress=False, precision=precision,
                                                             backend="fastscnn", formats=["gpkg"]))
     expected = "bf16" if precision == "auto" and bf16_is_fast() else "fp32"
-    assert summary["precision"] == precision and summary["precision_used"] == expected
+    assert summary.precision == precision and summary.precision_used == expected
 
 
 def test_missing_scenes_start_no_cluster_even_when_port_8787_is_taken(tmp_path):

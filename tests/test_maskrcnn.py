@@ -140,7 +140,7 @@ def test_two_touching_buildings_across_a_tile_border_are_two_whole_instances(tmp
     data[2, 10:20, 250:290] = 250  # C (blue), inside the last tile column
     scene = write_scene(tmp_path / "scene.tif", data)
     summary = run_scene(scene, tmp_path / "out", fast_options, backend=RectangleOracle())
-    assert summary["instances_kept"] == summary["buildings"] == 3 and summary["instances_detected"] > 3
+    assert summary.details["instances_kept"] == summary.buildings == 3 and summary.details["instances_detected"] > 3
     with rasterio.open(tmp_path / "out" / "scene" / "instances.tif") as ds:
         ids = ds.read(1)
         assert ds.dtypes[0] == "uint32" and ds.transform == rasterio.open(scene).transform
@@ -198,8 +198,8 @@ def test_score_threshold_is_checked_before_any_work_and_decides_which_detections
     # an untrained detector scores everything near 0.5: all of its detections at 0, none at 1
     everything = run_scene(scene, tmp_path / "all", dataclasses.replace(options, score_threshold=0.0))
     nothing = run_scene(scene, tmp_path / "none", dataclasses.replace(options, score_threshold=1.0))
-    assert everything["instances_detected"] > 0 and everything["instance_score_threshold"] == 0.0
-    assert nothing["instances_detected"] == nothing["buildings"] == 0 and nothing["instance_score_threshold"] == 1.0
+    assert everything.details["instances_detected"] > 0 and everything.details["instance_score_threshold"] == 0.0
+    assert nothing.details["instances_detected"] == nothing.buildings == 0 and nothing.details["instance_score_threshold"] == 1.0
 
 
 def test_instance_raster_is_the_same_written_in_one_strip_or_many(tmp_path):

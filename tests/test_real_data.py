@@ -42,14 +42,14 @@ def test_real_raster_runs_or_is_refused_as_too_coarse(tmp_path, path):
     with rasterio.open(out / "mask.tif") as mask:
         assert mask.crs == src_crs and mask.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         labels = mask.read(1)
-        if summary["resampled"]:
+        if summary.resampled:
             out_gsd = np.mean(ground_gsd_m(mask.crs, mask.transform, mask.width, mask.height))
             assert out_gsd == pytest.approx(model_gsd_m, rel=0.05)
         else:
             assert (mask.shape, mask.transform) == (src_shape, src_transform)
             assert np.array_equal(labels == MASK_NODATA, ~src_valid)  # nodata / internal masks carried over
-    assert summary["tiles_encoded"] + summary["tiles_nodata"] == summary["tiles_total"]
+    assert summary.tiles_encoded + summary.tiles_nodata == summary.tiles_total
     # the shipped gate is the default: the decoder ran on at most the tiles that were encoded
-    assert summary["backend"] == "bgs"
-    assert summary["tiles_decoded"] <= summary["tiles_encoded"]
-    assert summary["decoder_execution_rate"] == round(summary["tiles_decoded"] / max(summary["tiles_encoded"], 1), 4)
+    assert summary.backend == "bgs"
+    assert summary.tiles_decoded <= summary.tiles_encoded
+    assert summary.decoder_execution_rate == round(summary.tiles_decoded / max(summary.tiles_encoded, 1), 4)

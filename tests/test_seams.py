@@ -47,7 +47,7 @@ def border_and_interior_error(unet_and_scene, out_name) -> tuple[float, float]:
     whole = backend.predict(pixels[None]).probabilities[0, 1] * 255
     with rasterio.open(root / out_name / "scene" / "probability.tif") as prob:
         error = np.abs(prob.read(1).astype(np.float64) - whole)
-    assert summary["tiles_total"] == 4
+    assert summary.tiles_total == 4
     offsets = tile_offsets(SIZE_PX, TILE_PX, OVERLAP_PX)
     edges = {o for o in offsets if o > 0} | {o + TILE_PX for o in offsets if o + TILE_PX < SIZE_PX}
     near = np.zeros(SIZE_PX, bool)

@@ -193,8 +193,8 @@ def test_pipeline_runs_segblocks_georeferenced_like_the_unet_and_reports_the_fra
     options = dataclasses.replace(fast_options, backend="segblocks", model=str(path), tau=0.25, tile_px=128,
                                   overlap_px=16)
     summary = run_scene(scene, tmp_path / "blocks", options)
-    assert summary["backend"] == "segblocks" and summary["tau"] == 0.25 and summary["tau_rule"] == "top tau per tile"
-    assert summary["high_res_fraction"] == pytest.approx(0.25)  # 128 px tiles: 2x2 blocks, one at full resolution
+    assert summary.backend == "segblocks" and summary.details["tau"] == 0.25 and summary.details["tau_rule"] == "top tau per tile"
+    assert summary.details["high_res_fraction"] == pytest.approx(0.25)  # 128 px tiles: 2x2 blocks, one at full resolution
     run_scene(scene, tmp_path / "unet", fast_options, backend=UNetBackend(None, precision="fp32"))
     with rasterio.open(tmp_path / "blocks" / "scene" / "mask.tif") as a, \
             rasterio.open(tmp_path / "unet" / "scene" / "mask.tif") as b:

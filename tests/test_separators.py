@@ -103,6 +103,6 @@ def test_pipeline_publishes_a_building_mask_and_separate_footprints(tmp_path, fa
     assert ((mask == 1) == (instances > 0)).all()  # the wall is building in the published mask
     assert (prob[instances > 0] >= 254).all()  # P(building) + P(separator)
     frame = gpd.read_parquet(out / "buildings.parquet")
-    assert summary["buildings"] == len(frame) == 2 and summary["classes"] == ["background", "building"]
+    assert summary.buildings == len(frame) == 2 and summary.classes == ["background", "building"]
     assert frame.area_m2.sum() == pytest.approx(2 * 40 * 40 * 0.09, rel=0.01)
     assert not any(p.name.startswith("separator") for p in out.iterdir())

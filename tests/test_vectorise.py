@@ -12,7 +12,7 @@ from affine import Affine
 
 from geoseg.pipeline import run_scene
 from geoseg.read import Grid
-from geoseg.vectorise import _merge_border_pieces, building_pieces, pieces_to_frame
+from geoseg.vectorise import merge_border_pieces, building_pieces, pieces_to_frame
 
 from conftest import PixelBackend, write_scene
 
@@ -32,7 +32,7 @@ def test_building_across_tile_border_is_one_polygon_with_right_area(tmp_path, fa
     scene = write_scene(tmp_path / "scene.tif", bright_rectangles(256, 320, [rect]))
     summary = run_scene(scene, tmp_path / "out", fast_options, backend=PixelBackend())
     frame = gpd.read_parquet(tmp_path / "out" / "scene" / "buildings.parquet")
-    assert summary["buildings"] == len(frame) == 1
+    assert summary.buildings == len(frame) == 1
     assert frame.area_m2[0] == pytest.approx(576.0, rel=1e-3)
     assert frame.geometry[0].area == pytest.approx(576.0, rel=1e-3)  # native UTM CRS, metres
     assert frame.confidence[0] == pytest.approx(1.0, abs=0.01)
@@ -68,7 +68,7 @@ def test_merge_is_union_find_not_pairwise():
     boxes = [shapely.box(0, 0, 10, 10), shapely.box(10, 0, 20, 10), shapely.box(20, 0, 30, 10)]
     from geoseg.vectorise import Piece
 
-    merged = _merge_border_pieces([Piece(b, 100.0, 100) for b in reversed(boxes)])
+    merged = merge_border_pieces([Piece(b, 100.0, 100) for b in reversed(boxes)])
     assert len(merged) == 1 and merged[0].polygon.area == 300 and merged[0].pixels == 300
 
 
@@ -80,7 +80,7 @@ def test_geographic_scene_gets_metric_areas_and_all_formats(tmp_path, fast_optio
     fast_options.min_area_m2 = 250.0  # keeps only the second (40 x 100 px = 360 m2), drops the first (216 m2)
     summary = run_scene(scene, tmp_path / "out", fast_options, backend=PixelBackend())
     out = tmp_path / "out" / "geo"
-    assert summary["buildings"] == 1 and not summary["resampled"]
+    assert summary.buildings == 1 and not summary.resampled
     for name in ("buildings.geojson", "buildings.gpkg", "buildings.shp", "buildings.parquet"):
         frame = gpd.read_file(out / name) if not name.endswith("parquet") else gpd.read_parquet(out / name)
         assert len(frame) == 1 and {"id", "confidence", "area_m2"} <= set(frame.columns)
@@ -98,7 +98,7 @@ def test_geographic_scene_gets_metric_areas_and_all_formats(tmp_path, fast_optio
 def test_no_buildings_still_writes_valid_empty_layers(tmp_path, fast_options):
     scene = write_scene(tmp_path / "empty.tif", bright_rectangles(100, 100, []))
     summary = run_scene(scene, tmp_path / "out", fast_options, backend=PixelBackend())
-    assert summary["buildings"] == 0
+    assert summary.buildings == 0
     for name in ("buildings.geojson", "buildings.gpkg", "buildings.shp"):
         assert pyogrio.read_info(tmp_path / "out" / "empty" / name)["features"] == 0
     assert len(gpd.read_parquet(tmp_path / "out" / "empty" / "buildings.parquet")) == 0
@@ -138,7 +138,7 @@ def test_regularised_outlines_are_right_angled_and_the_shape_filter_drops_round_
     plain = run_scene(scene, tmp_path / "plain", RunOptions(**base), backend=PixelBackend())
     shaped = run_scene(scene, tmp_path / "shaped", RunOptions(**base, regularise=True, min_rectangularity=0.85),
                        backend=PixelBackend())
-    assert plain["buildings"] == 2 and shaped["buildings"] == 1 and shaped["regularise"] is True
+    assert plain.buildings == 2 and shaped.buildings == 1 and shaped.regularise is True
     outline = gpd.read_file(tmp_path / "shaped" / "scene" / "buildings.gpkg").geometry.iloc[0]
     ring = np.asarray(outline.exterior.coords)[:-1]
     edges = np.roll(ring, -1, axis=0) - ring

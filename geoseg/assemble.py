@@ -1,0 +1,211 @@
+"""Finishing a scene from its chunks' pieces (:mod:`geoseg.tasks`), on workers, in memory bounded by one chunk.
+
+* **Rasters**: a VRT mosaics the chunks' tiled GeoTIFF pieces (with the probability's internal mask and the
+  mask's class tags); GDAL's COG driver reads it block by block into the final COG. No step holds the scene.
+* **Vectors**: the pieces that touch an inner window border are merged (one building across a chunk border or
+  corner is one polygon, as in :func:`geoseg.vectorise.merge_border_pieces`), georeferenced, and each given the
+  chunk that holds its top-left pixel. Then chunk by chunk (row-major), that chunk's own polygons and the merged
+  ones it holds are ordered by top-left pixel, numbered on from the previous chunk (``id`` 1..n over the scene),
+  and appended to every vector file: GeoPackage and Shapefile by OGR append, GeoParquet as one row group per
+  chunk, GeoJSON (EPSG:4326, RFC 7946) as features written on. The preview is drawn the same way.
+* **Instances** (instance models): the kept instances of all chunks make the polygons and the instance raster
+  (:mod:`geoseg.merge_instances`); they are one per building, small, and read once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from pyproj import CRS
+
+from .chunk import Chunk
+from .read import Grid, SceneReader
+from .tasks import SceneWork, load_dump, piece_path
+from .vectorise import merge_border_pieces, pieces_to_frame
+from .write import VECTOR_FORMATS, Preview, SHAPEFILE_PARTS, write_cog
+
+
+def mosaic_vrt(pieces: list[tuple[Path, Chunk]], grid: Grid, path: Path, nodata: int | None = None,
+               with_mask: bool = False, tags: dict | None = None) -> Path:
+    """A VRT of the scene grid made of chunk pieces (each placed at its core); ``with_mask``: the pieces' internal
+    masks become the VRT's mask; ``tags``: dataset metadata."""
+    t = grid.transform
+
+    def sources(band: str) -> str:
+        return "".join(
+            f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{escape(str(p))}</SourceFilename>"
+            f"<SourceBand>{band}</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{c.width}\" ySize=\"{c.height}\"/>"
+            f"<DstRect xOff=\"{c.col_off}\" yOff=\"{c.row_off}\" xSize=\"{c.width}\" ySize=\"{c.height}\"/></SimpleSource>"
+            for p, c in pieces)
+
+    metadata = "".join(f"<MDI key={quoteattr(k)}>{escape(str(v))}</MDI>" for k, v in (tags or {}).items())
+    xml = (f"<VRTDataset rasterXSize=\"{grid.width}\" rasterYSize=\"{grid.height}\">"
+           f"<SRS>{escape(grid.crs_wkt)}</SRS><GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
+           + (f"<Metadata>{metadata}</Metadata>" if metadata else "")
+           + "<VRTRasterBand dataType=\"Byte\" band=\"1\">"
+           + (f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else "") + sources("1") + "</VRTRasterBand>"
+           + (f"<MaskBand><VRTRasterBand dataType=\"Byte\">{sources('mask,1')}</VRTRasterBand></MaskBand>" if with_mask else "")
+           + "</VRTDataset>\n")
+    path.write_text(xml)
+    return path
+
+
+def assemble_cog(work: SceneWork, chunks: list[Chunk], kind: str) -> float:
+    """``mask.tif`` or ``probability.tif`` in the staging folder, from the chunks' pieces; returns seconds."""
+    started = time.perf_counter()
+    staging = Path(work.staging)
+    pieces = [(piece_path(staging, kind, c.index), c) for c in chunks]
+    categorical = kind == "mask"
+    vrt = mosaic_vrt(pieces, work.grid, staging / "pieces" / f"{kind}.vrt", nodata=255 if categorical else None,
+                     with_mask=not categorical, tags=work.mask_tags if categorical else None)
+    write_cog(str(vrt), str(staging / f"{kind}.tif"), categorical=categorical)
+    return time.perf_counter() - started
+
+
+def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str], reader: SceneReader) -> tuple[int, float, list[str]]:
+    """The scene's vector files and preview from its chunks (module docstring): (buildings, seconds, file names)."""
+    started = time.perf_counter()
+    staging = Path(work.staging)
+    border = [p for c in chunks for p in load_dump(piece_path(staging, "chunk", c.index, ".pkl"))]
+    merged = pieces_to_frame(merge_border_pieces(border), work.grid, work.gsd_m, work.min_area_m2, work.simplify_m,
+                             metric=CRS.from_wkt(work.metric_wkt), order_keys=True, **work.shaping).drop(columns="id")
+    del border
+    home = _home_chunk(merged, chunks, work.chunk_px) if len(merged) else np.zeros(0, int)
+    sink = VectorSink(staging, formats, CRS.from_wkt(work.grid.crs_wkt))
+    preview = _preview(reader)
+    next_id = 1
+    for chunk in chunks:
+        path = piece_path(staging, "buildings", chunk.index, ".parquet")
+        parts = [gpd.read_parquet(path)] if path.exists() else []
+        if (home == chunk.index).any():
+            parts.append(merged[home == chunk.index])
+        if not parts:
+            continue
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        frame = frame.sort_values(["top_px", "left_px"], kind="stable").drop(columns=["top_px", "left_px"])
+        frame.insert(0, "id", np.arange(next_id, next_id + len(frame), dtype=np.int64))
+        next_id += len(frame)
+        sink.append(gpd.GeoDataFrame(frame.reset_index(drop=True), geometry="geometry", crs=merged.crs))
+        preview.draw(frame.geometry, work.grid)
+    names = sink.close()
+    preview.save(staging / "preview.png")
+    return next_id - 1, time.perf_counter() - started, names + ["preview.png"]
+
+
+def write_scene_instances(work: SceneWork, chunks: list[Chunk], formats: list[str], reader: SceneReader) -> tuple[int, float, list[str], int]:
+    """Instance models: polygons, ``instances.tif`` and the preview from the chunks' kept instances:
+    (buildings, seconds, file names, instances kept before ``min_area_m2``)."""
+    from .merge_instances import instances_to_frame, write_instance_raster
+
+    started = time.perf_counter()
+    staging = Path(work.staging)
+    instances = [i for c in chunks for i in load_dump(piece_path(staging, "chunk", c.index, ".pkl"))]
+    frame, kept = instances_to_frame(instances, work.grid, work.gsd_m, work.min_area_m2, work.simplify_m,
+                                     **work.shaping)
+    probability = mosaic_vrt([(piece_path(staging, "probability", c.index), c) for c in chunks], work.grid,
+                             staging / "pieces" / "valid.vrt", with_mask=True)
+    write_instance_raster(kept, work.grid, str(probability), str(staging / "pieces" / "instances.raw.tif"))
+    write_cog(str(staging / "pieces" / "instances.raw.tif"), str(staging / "instances.tif"), categorical=True)
+    sink = VectorSink(staging, formats, frame.crs)
+    sink.append(frame)
+    preview = _preview(reader)
+    preview.draw(frame.geometry, work.grid)
+    preview.save(staging / "preview.png")
+    return len(frame), time.perf_counter() - started, ["instances.tif"] + sink.close() + ["preview.png"], len(instances)
+
+
+def _home_chunk(frame: gpd.GeoDataFrame, chunks: list[Chunk], chunk_px: int) -> np.ndarray:
+    """Index of the chunk holding each polygon's top-left pixel (chunks are row-major on a ``chunk_px`` grid)."""
+    n_cols = len({c.col_off for c in chunks})
+    return (frame["top_px"].to_numpy(int) // chunk_px) * n_cols + frame["left_px"].to_numpy(int) // chunk_px
+
+
+def _preview(reader: SceneReader) -> Preview:
+    raw, valid = reader.read_overview()
+    rgb = np.rint(reader.normalise(raw, valid) * 255).astype(np.uint8)
+    return Preview(rgb, valid, raw.shape[-1] / reader.grid.width)
+
+
+class VectorSink:
+    """Vector files written chunk by chunk (module docstring); an empty scene still gets valid empty layers."""
+
+    def __init__(self, staging: Path, formats: list[str], crs: CRS):
+        self.staging, self.formats, self.crs = staging, formats, crs
+        self.started: set[str] = set()
+        self.parquet = None
+        self.geojson = None
+        self.first_feature = True
+
+    def append(self, frame: gpd.GeoDataFrame) -> None:
+        import pyogrio
+
+        for fmt in self.formats:
+            name, driver = VECTOR_FORMATS[fmt]
+            path = self.staging / name
+            if driver == "parquet":
+                self._parquet(path, frame)
+            elif driver == "GeoJSON":
+                self._geojson(path, frame)
+            else:
+                pyogrio.write_dataframe(frame, path, driver=driver, append=fmt in self.started, geometry_type="Polygon")
+            self.started.add(fmt)
+
+    def _parquet(self, path: Path, frame: gpd.GeoDataFrame) -> None:
+        import pyarrow.parquet as pq
+        from geopandas.io.arrow import _geopandas_to_arrow
+
+        table = _geopandas_to_arrow(frame, index=False)
+        if self.parquet is None:
+            geo = json.loads(table.schema.metadata[b"geo"])
+            for column in geo["columns"].values():
+                column.pop("bbox", None)  # the first chunk's; the file's would need all of them
+                column["geometry_types"] = ["Polygon"]
+            schema = table.schema.with_metadata({**table.schema.metadata, b"geo": json.dumps(geo).encode()})
+            self.parquet = pq.ParquetWriter(path, schema)
+        self.parquet.write_table(table.replace_schema_metadata(self.parquet.schema.metadata))
+
+    def _geojson(self, path: Path, frame: gpd.GeoDataFrame) -> None:
+        import pyogrio
+
+        if self.geojson is None:
+            self.geojson = open(path, "w")
+            self.geojson.write('{\n"type": "FeatureCollection",\n"name": "buildings",\n"features": [\n')
+        if not len(frame):
+            return
+        buffer = io.BytesIO()  # OGR's RFC 7946 writer: WGS84, right-hand rings, 7 decimals, antimeridian cuts
+        pyogrio.write_dataframe(frame.to_crs("EPSG:4326"), buffer, driver="GeoJSON", layer_options={"RFC7946": "YES"},
+                                geometry_type="Polygon")
+        for feature in json.loads(buffer.getvalue())["features"]:
+            self.geojson.write(("" if self.first_feature else ",\n") + json.dumps(feature))
+            self.first_feature = False
+
+    def close(self) -> list[str]:
+        """Finish every file (empty layers where nothing was appended); returns the file names written."""
+        if len(self.started) < len(self.formats):
+            empty = gpd.GeoDataFrame({"id": np.array([], np.int64), "confidence": np.array([], float),
+                                      "area_m2": np.array([], float)}, geometry=gpd.GeoSeries([], crs=self.crs))
+            pending = [f for f in self.formats if f not in self.started]
+            formats, self.formats = self.formats, pending
+            self.append(empty)
+            self.formats = formats
+        written = []
+        if self.parquet is not None:
+            self.parquet.close()
+        if self.geojson is not None:
+            self.geojson.write("\n]\n}\n")
+            self.geojson.close()
+        for fmt in self.formats:
+            name, driver = VECTOR_FORMATS[fmt]
+            path = self.staging / name
+            if driver == "ESRI Shapefile":
+                written += [path.with_suffix(ext).name for ext in SHAPEFILE_PARTS if path.with_suffix(ext).exists()]
+            else:
+                written.append(name)
+        return written

@@ -1,0 +1,173 @@
+"""What Dask workers run for a scene: tile batches (read -> encode -> gate -> decode) and chunks (stitch -> write
+pieces -> vectorise), each a plain function of picklable values. The driver (:mod:`geoseg.pipeline`) only
+submits them and moves files; the finishing steps that follow a scene's last chunk are in
+:mod:`geoseg.assemble`.
+
+A chunk task writes into the scene's staging folder, which workers must therefore see (the output folder on a
+shared file system, as on any cluster): ``pieces/mask-NNNNN.tif``, ``pieces/probability-NNNNN.tif``,
+``pieces/buildings-NNNNN.parquet`` (its final polygons, georeferenced) and ``pieces/chunk-NNNNN.pkl`` (the
+pieces touching its border, or for instance models its instances). It returns a small :class:`ChunkResult`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Backend, BackendSpec, load_backend
+from .chunk import Chunk
+from .read import Grid, SceneReader
+from .stitch import MASK_NODATA, TilePrediction, blend_chunk, chunk_rasters, write_piece
+from .tile import Tile
+from .vectorise import pieces_in_window, pieces_to_frame, windows_of
+
+
+def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: list[Tile]) -> tuple[list[TilePrediction], dict]:
+    """Read a batch of tiles, run the model on those with any valid pixel. All-nodata tiles never reach the
+    model. Returns the predictions and timings (seconds) of this batch."""
+    if isinstance(backend, BackendSpec):
+        backend = load_backend(backend)  # once per worker process (cached), not counted as read time
+    t0 = time.perf_counter()
+    reads = [reader.read_tile(t.window) for t in tiles]
+    t1 = time.perf_counter()
+    keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
+    probabilities: dict[int, np.ndarray] = {}
+    decoded, counters, instances = 0, {}, {}
+    if keep:
+        out = backend.predict(np.stack([reads[i][0] for i in keep]))
+        probabilities = {i: np.asarray(p, dtype=np.float16) for i, p in zip(keep, out.probabilities)}  # no copy if f16
+        decoded, counters = out.decoded, dict(out.counters)
+        if out.instances is not None:
+            instances = dict(zip(keep, out.instances))
+            counters["instances_detected"] = sum(len(found) for found in out.instances)
+    t2 = time.perf_counter()
+    predictions = [TilePrediction(t, probabilities.get(i), reads[i][1], instances.get(i)) for i, t in enumerate(tiles)]
+    bf16 = len(keep) if getattr(backend, "bf16", False) else 0  # what the worker's CPU made of --precision
+    return predictions, {"read_s": t1 - t0, "model_s": t2 - t1, "encoded": len(keep), "decoded": decoded,
+                         "bf16_tiles": bf16, "counters": counters}
+
+
+@dataclass(frozen=True)
+class SceneWork:
+    """What every chunk of one scene needs to know (picklable, small)."""
+
+    grid: Grid
+    staging: str
+    n_classes: int
+    building_class: int
+    separator_class: int | None
+    mask_tags: dict
+    chunk_px: int
+    window_px: int
+    gsd_m: float
+    metric_wkt: str
+    min_pixels: int = 0
+    min_area_m2: float = 0.0
+    simplify_m: float = 0.0
+    separator_threshold: float = 0.5
+    separator_dilate_px: int = 0
+    shaping: dict = field(default_factory=dict)
+    #: instance models: (row_off, col_off) of each tile -> the scene pixels it owns (geoseg.merge_instances)
+    owned: dict | None = None
+
+
+@dataclass
+class ChunkResult:
+    index: int
+    stats: dict  # summed batch statistics of the chunk's own batches
+    seconds: dict  # stitch_s, vectorise_s, write_s on the worker
+    polygons: int  # final polygons in its parquet piece
+    border: int  # pieces (or instances) in its pickle, for the scene's finishing step
+
+
+def piece_path(staging: str | Path, kind: str, index: int, suffix: str = ".tif") -> Path:
+    return Path(staging) / "pieces" / f"{kind}-{index:05d}{suffix}"
+
+
+def process_chunk(work: SceneWork, chunk: Chunk, batches: list[tuple[list[TilePrediction], dict]],
+                  own: list[bool]) -> ChunkResult:
+    """Blend the chunk core from the tiles of ``batches`` that intersect it, write its raster pieces, vectorise it.
+    ``own[i]``: batch ``i`` is one of this chunk's own (its statistics are counted here, once per scene)."""
+    t0 = time.perf_counter()
+    predictions = [p for batch, _ in batches for p in batch if chunk.intersects(p.tile)]
+    probs, valid = blend_chunk(chunk.window, predictions, work.n_classes)
+    rasters = chunk_rasters(probs, valid, work.building_class, work.separator_class)
+    del probs
+    t1 = time.perf_counter()
+    write_piece(str(piece_path(work.staging, "mask", chunk.index)), rasters.labels, work.grid, chunk.window,
+                MASK_NODATA, tags=work.mask_tags)
+    write_piece(str(piece_path(work.staging, "probability", chunk.index)), rasters.probability, work.grid,
+                chunk.window, None, valid=rasters.valid)
+    t2 = time.perf_counter()
+    if work.owned is None:
+        polygons, border = _vectorise_chunk(work, chunk, rasters)
+    else:
+        polygons, border = 0, _owned_instances(work, chunk, predictions)
+    t3 = time.perf_counter()
+    stats = _sum_stats([s for (_, s), mine in zip(batches, own) if mine])
+    return ChunkResult(chunk.index, stats, {"stitch_s": t1 - t0, "write_s": t2 - t1, "vectorise_s": t3 - t2},
+                       polygons, border)
+
+
+def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:
+    """Final polygons to ``buildings-NNNNN.parquet``; pieces touching an inner window border to ``chunk-NNNNN.pkl``."""
+    final, border = [], []
+    for window in windows_of(chunk.window, work.window_px):
+        rows = slice(int(window.row_off) - chunk.row_off, int(window.row_off + window.height) - chunk.row_off)
+        cols = slice(int(window.col_off) - chunk.col_off, int(window.col_off + window.width) - chunk.col_off)
+        separator = rasters.separator[rows, cols] if rasters.separator is not None else None
+        done, touching = pieces_in_window(rasters.labels[rows, cols], work.building_class,
+                                          rasters.probability[rows, cols], separator, window, work.grid,
+                                          work.window_px, work.min_pixels, work.separator_threshold,
+                                          work.separator_dilate_px)
+        final += done
+        border += touching
+    from pyproj import CRS
+
+    frame = pieces_to_frame(final, work.grid, work.gsd_m, work.min_area_m2, work.simplify_m,
+                            metric=CRS.from_wkt(work.metric_wkt), order_keys=True, **work.shaping)
+    if len(frame):
+        frame.drop(columns="id").to_parquet(piece_path(work.staging, "buildings", chunk.index, ".parquet"), index=False)
+    _dump(piece_path(work.staging, "chunk", chunk.index, ".pkl"), border)
+    return len(frame), len(border)
+
+
+def _owned_instances(work: SceneWork, chunk: Chunk, predictions: list[TilePrediction]) -> int:
+    """Instances kept by their tile (geoseg.merge_instances) whose box centre lies in this core, in grid px."""
+    from .merge_instances import Instance
+
+    kept = []
+    for p in predictions:
+        r0, r1, c0, c1 = work.owned[(p.tile.row_off, p.tile.col_off)]
+        for inst in p.instances or []:
+            centre_r = p.tile.row_off + inst.row_px + inst.mask.shape[0] / 2  # the mask is its bounding box
+            centre_c = p.tile.col_off + inst.col_px + inst.mask.shape[1] / 2
+            if r0 <= centre_r < r1 and c0 <= centre_c < c1 and \
+                    chunk.row_off <= centre_r < chunk.row_end and chunk.col_off <= centre_c < chunk.col_end:
+                kept.append(Instance(p.tile.row_off + inst.row_px, p.tile.col_off + inst.col_px, inst.mask, inst.score))
+    _dump(piece_path(work.staging, "chunk", chunk.index, ".pkl"), kept)
+    return len(kept)
+
+
+def _sum_stats(stats: list[dict]) -> dict:
+    total = {"read_s": 0.0, "model_s": 0.0, "encoded": 0, "decoded": 0, "bf16_tiles": 0, "counters": {}}
+    for s in stats:
+        for key in ("read_s", "model_s", "encoded", "decoded", "bf16_tiles"):
+            total[key] += s[key]
+        for key, value in s["counters"].items():
+            total["counters"][key] = total["counters"].get(key, 0) + value
+    return total
+
+
+def _dump(path: Path, value) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_dump(path: Path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
