@@ -111,6 +111,8 @@ def queue_cluster(cluster: QueueCluster):
         raise GeosegError(f"cluster kind {cluster.kind} needs dask-jobqueue: pip install 'geoseg[hpc]'") from None
     cls = dask_jobqueue.SLURMCluster if cluster.kind == "slurm" else dask_jobqueue.PBSCluster
     extra = {"account": cluster.account} if cluster.account else {}
+    if cluster.interface:
+        extra["interface"] = cluster.interface
     return cls(cores=cluster.cores, processes=cluster.cores, memory=cluster.memory, queue=cluster.queue,
                walltime=cluster.walltime, job_extra_directives=cluster.job_extra_directives,
                job_script_prologue=["export OMP_NUM_THREADS=1"], **extra)

@@ -73,6 +73,8 @@ class QueueCluster(Strict):
     account: str | None = None
     walltime: str = "02:00:00"
     job_extra_directives: list[str] = Field(default_factory=list)
+    #: network interface the scheduler and workers listen on (e.g. ib0 for InfiniBand; lo: one machine only)
+    interface: str | None = None
 
 
 Cluster = Annotated[Union[LocalCluster, AddressCluster, QueueCluster], Field(discriminator="kind")]
