@@ -93,13 +93,14 @@ def main() -> None:
         scene = generate_scene(out / "scenes" / f"bench_{size}.tif", size_px=size, seed=size)
         s = run_scene_in_own_process(scene, out, args.workers)
         stages = s["stage_seconds"]
-        outside_model = stages["read_on_workers"] + stages["stitch"] + stages["vectorise"] + stages["write"]
+        outside_model = (stages["read_on_workers"] + stages["stitch_on_workers"] + stages["vectorise_on_workers"]
+                         + stages["write_on_workers"])
         busy = outside_model + stages["model_on_workers"]
-        driver_after = stages["stitch"] + stages["vectorise"] + stages["write"]
+        driver_after = stages["driver"]
         row = {"size_px": size, **{k: s[k] for k in ("megapixels", "seconds", "megapixels_per_second", "buildings",
                                                        "peak_rss_mb", "peak_rss_mb_driver", "peak_rss_mb_workers")},
                "stages": stages, "share_outside_model": outside_model / busy,
-               "share_of_wall_in_driver_stages": driver_after / s["seconds"]}
+               "share_of_wall_in_driver": driver_after / s["seconds"]}
         scenes.append(row)
         print(f"{size}x{size} ({s['megapixels']:.1f} Mpx): {s['megapixels_per_second']:.3f} Mpx/s, {s['seconds']:.0f} s, "
               f"peak RSS {s['peak_rss_mb']:.0f} MB (driver {s['peak_rss_mb_driver']:.0f}, workers {s['peak_rss_mb_workers']:.0f}); "

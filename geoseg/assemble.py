@@ -69,6 +69,19 @@ def assemble_cog(work: SceneWork, chunks: list[Chunk], kind: str) -> float:
     return time.perf_counter() - started
 
 
+def finishing_steps(work: SceneWork, chunks: list[Chunk], formats: list[str], reader: SceneReader) -> dict:
+    """The finishing of a scene as independent steps ``kind -> (function, *arguments)``: the two COGs and the
+    vector files with the preview (for instance models, with the instance raster)."""
+    vectors = write_scene_instances if work.owned is not None else write_scene_vectors
+    return {"mask": (assemble_cog, work, chunks, "mask"), "probability": (assemble_cog, work, chunks, "probability"),
+            "vectors": (vectors, work, chunks, formats, reader)}
+
+
+def finish_scene(work: SceneWork, chunks: list[Chunk], formats: list[str], reader: SceneReader) -> dict:
+    """All finishing steps, one after another, in this process: ``kind -> result``."""
+    return {kind: fn(*args) for kind, (fn, *args) in finishing_steps(work, chunks, formats, reader).items()}
+
+
 def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str], reader: SceneReader) -> tuple[int, float, list[str]]:
     """The scene's vector files and preview from its chunks (module docstring): (buildings, seconds, file names)."""
     started = time.perf_counter()

@@ -19,22 +19,23 @@ import os
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from tqdm import tqdm
 
-from .assemble import assemble_cog, write_scene_instances, write_scene_vectors
+from .assemble import finishing_steps
 from .backends import Backend, BackendSpec, describe_backend, resolve_spec
 from .card import INSTANCE_ARCHITECTURES, ModelCard
 from .chunk import ChunkPlan, plan_chunks, window_px_for
-from .cluster import dask_client, peak_rss_mb, runner_for, worker_peak_rss_mb
+from .cluster import dask_client, peak_rss_mb, runner_for
 from .errors import GeosegError
 from .options import RunOptions
 from .read import is_local_crs, open_scene
 from .summary import RunSummary, scene_summary
-from .tasks import SceneWork, predict_batch, process_chunk
+from .tasks import SceneWork, predict_batch, process_chunk, with_rss
 from .tile import tile_grid
 from .vectorise import scene_metric_crs
 from .write import discard, publish, scene_folder_names
@@ -129,6 +130,11 @@ class SceneRun:
     finishing: dict = field(default_factory=dict)
     waiting_on: set = field(default_factory=set)
     driver_s: float = 0.0  # the driver's own wall time for this scene: open, plan, submit, collect, publish
+    worker_rss_mb: dict = field(default_factory=dict)  # worker process -> the highest peak RSS its tasks reported
+
+    def note_rss(self, reported: dict) -> None:
+        for worker, mb in reported.items():
+            self.worker_rss_mb[worker] = max(mb, self.worker_rss_mb.get(worker, 0.0))
 
     @property
     def chunks_left(self) -> bool:
@@ -179,118 +185,137 @@ def run_scenes(scenes: list[tuple[str, str]], out_dir: str | os.PathLike, opts: 
     """Run scenes ``(path, output folder name)`` together on ``client`` (None: in-process); yields a
     :class:`SceneOutcome` as each scene is published or fails. Bad input (GeosegError) fails its scene
     only; any other failure (a lost worker...) reruns the scene up to ``retries`` more times."""
-    model = resolve_model(opts, backend)
-    runner = runner_for(client)
-    queue = deque((str(path), name, 1) for path, name in scenes)
-    active: list[SceneRun] = []
-    owner: dict = {}  # future -> (scene run, what it is)
-    in_flight = {"batches": 0}
-    bar = tqdm(total=0, unit="tile", desc="tiles", disable=not opts.progress, file=sys.stderr, leave=False)
+    driver = _Driver(out_dir, opts, resolve_model(opts, backend), runner_for(client), client, retries)
+    driver.queue.extend((str(path), name, 1) for path, name in scenes)
+    try:
+        while driver.queue or driver.active:
+            yield from driver.fill()
+            if driver.owner:
+                yield from driver.collect(driver.runner.next_done())
+    finally:
+        driver.bar.close()
+        for run in list(driver.active):
+            driver.drop(run)
 
-    def budget() -> int:
-        return 4 * runner.workers() + 4
 
-    def submit_chunk(run: SceneRun) -> None:
-        t = time.perf_counter()
+class _Driver:
+    """The state of :func:`run_scenes`: scenes waiting and in flight, and which future belongs to which."""
+
+    def __init__(self, out_dir, opts: RunOptions, model: RunModel, runner, client, retries: int):
+        self.out_dir, self.opts, self.model, self.runner, self.client = out_dir, opts, model, runner, client
+        self.retries = retries
+        self.queue: deque = deque()  # (path, name, attempt)
+        self.active: list[SceneRun] = []
+        self.owner: dict = {}  # future -> (scene run, ("chunk", new batches) | ("finish", kind))
+        self.batches_in_flight = 0
+        self.bar = tqdm(total=0, unit="tile", desc="tiles", disable=not opts.progress, file=sys.stderr, leave=False)
+
+    def fill(self) -> Iterator[SceneOutcome]:
+        """Submit chunks, of the scenes in flight first, then of new scenes, while tile batches in flight are
+        under 4 per worker (+4): enough to keep workers busy, few enough that worker memory stays bounded."""
+        while self.batches_in_flight < 4 * self.runner.workers() + 4:
+            run = next((r for r in self.active if r.chunks_left), None)
+            if run is None and self.queue:
+                path, name, attempt = self.queue.popleft()
+                try:
+                    run = open_run(path, name, self.out_dir, self.opts, self.model)
+                except GeosegError as err:
+                    yield SceneOutcome(path, name, err, attempt)
+                    continue
+                run.attempt = attempt
+                self.active.append(run)
+                self.bar.total += run.tiles_total
+                self.bar.refresh()
+            if run is None:
+                return
+            with self._driver_time(run):
+                self.submit_chunk(run)
+
+    def submit_chunk(self, run: SceneRun) -> None:
         c = run.next_chunk
         needed = run.plan.needs[c]
         new = [b for b in needed if b not in run.batch_futures]
         for b in new:
-            run.batch_futures[b] = runner.submit(predict_batch, run.reader, model.spec, run.plan.batches[b])
+            run.batch_futures[b] = self.runner.submit(predict_batch, run.reader, self.model.spec, run.plan.batches[b])
         own = set(run.plan.own[c])
-        future = runner.submit(process_chunk, run.work, run.plan.chunks[c], [run.batch_futures[b] for b in needed],
-                               [b in own for b in needed])
-        owner[future] = (run, ("chunk", len(new)))
-        run.waiting_on.add(future)
-        in_flight["batches"] += max(1, len(new))
+        finish = (list(self.opts.formats), run.reader) if len(run.plan.chunks) == 1 else None
+        future = self.runner.submit(process_chunk, run.work, run.plan.chunks[c],
+                                    [run.batch_futures[b] for b in needed], [b in own for b in needed], finish)
+        self._track(future, run, ("chunk", max(1, len(new))))
+        self.batches_in_flight += max(1, len(new))
         for b in needed:
             if run.last_user[b] == c:
                 del run.batch_futures[b]  # Dask keeps it for the chunks that use it; the driver lets go
         run.next_chunk += 1
-        run.driver_s += time.perf_counter() - t
 
-    def submit_finishing(run: SceneRun) -> None:
-        chunks = run.plan.chunks
-        jobs = {"mask": (assemble_cog, run.work, chunks, "mask"),
-                "probability": (assemble_cog, run.work, chunks, "probability")}
-        vectors = write_scene_instances if run.work.owned is not None else write_scene_vectors
-        jobs["vectors"] = (vectors, run.work, chunks, list(opts.formats), run.reader)
-        for kind, (fn, *args) in jobs.items():
-            future = runner.submit(fn, *args, priority=1)  # a finished scene before more chunks
-            owner[future] = (run, ("finish", kind))
-            run.waiting_on.add(future)
+    def submit_finishing(self, run: SceneRun) -> None:
+        """The COGs and the vector files (+ preview) of a scene whose chunks are all done: three tasks."""
+        steps = finishing_steps(run.work, run.plan.chunks, list(self.opts.formats), run.reader)
+        for kind, (fn, *args) in steps.items():
+            self._track(self.runner.submit(with_rss, fn, *args, priority=1), run, ("finish", kind))  # before chunks
 
-    def drop(run: SceneRun) -> None:
-        runner.cancel(run.waiting_on | set(run.batch_futures.values()))
-        for future in run.waiting_on:
-            kind = owner.pop(future, (None, ("", 0)))[1]
-            if kind[0] == "chunk":
-                in_flight["batches"] -= max(1, kind[1])
-        run.batch_futures.clear()
-        active.remove(run)
-        _close_output(run.scene_dir, run.staging)
-
-    try:
-        while queue or active:
-            while in_flight["batches"] < budget():  # fill: chunks of the scenes in flight, then new scenes
-                run = next((r for r in active if r.chunks_left), None)
-                if run is None and queue:
-                    path, name, attempt = queue.popleft()
-                    try:
-                        run = open_run(path, name, out_dir, opts, model)
-                    except GeosegError as err:
-                        yield SceneOutcome(path, name, err, attempt)
-                        continue
-                    run.attempt = attempt
-                    active.append(run)
-                    bar.total += run.tiles_total
-                    bar.refresh()
-                if run is None:
-                    break
-                submit_chunk(run)
-            if not owner:
-                continue
-            future = runner.next_done()
-            if future not in owner:
-                continue  # cancelled with its scene
-            t = time.perf_counter()
-            run, (what, detail) = owner.pop(future)
-            run.waiting_on.discard(future)
-            if what == "chunk":
-                in_flight["batches"] -= max(1, detail)
-            try:
-                result = future.result()
-            except Exception as err:  # noqa: BLE001 - a scene fails alone; transient failures are retried
-                drop(run)
-                if isinstance(err, GeosegError) or run.attempt > retries:
-                    yield SceneOutcome(run.scene, run.name, err, run.attempt)
-                else:
-                    print(f"geoseg: scene {run.name}, attempt {run.attempt}: {one_line_error(err)}", file=sys.stderr)
-                    queue.appendleft((run.scene, run.name, run.attempt + 1))
-                continue
+    def collect(self, future) -> Iterator[SceneOutcome]:
+        """Take one finished future: a chunk (the scene's finishing follows its last), a finishing task (the
+        scene is published after its last), or a failure (the scene is dropped, and retried or reported)."""
+        if future not in self.owner:
+            return  # cancelled with its scene
+        run, (what, detail) = self.owner.pop(future)
+        run.waiting_on.discard(future)
+        if what == "chunk":
+            self.batches_in_flight -= detail
+        try:
+            result = future.result()
+        except Exception as err:  # noqa: BLE001 - a scene fails alone; transient failures are retried
+            self.drop(run)
+            if isinstance(err, GeosegError) or run.attempt > self.retries:
+                yield SceneOutcome(run.scene, run.name, err, run.attempt)
+            else:
+                print(f"geoseg: scene {run.name}, attempt {run.attempt}: {one_line_error(err)}", file=sys.stderr)
+                self.queue.appendleft((run.scene, run.name, run.attempt + 1))
+            return
+        with self._driver_time(run):
             if what == "chunk":
                 run.results.append(result)
-                bar.update(sum(len(run.plan.batches[b]) for b in run.plan.own[result.index]))
-                if len(run.results) == len(run.plan.chunks):
-                    submit_finishing(run)
-                run.driver_s += time.perf_counter() - t
+                run.note_rss(result.rss_mb)
+                self.bar.update(sum(len(run.plan.batches[b]) for b in run.plan.own[result.index]))
+                if result.finished is not None:
+                    run.finishing = result.finished
+                elif len(run.results) == len(run.plan.chunks):
+                    self.submit_finishing(run)
             else:
-                run.finishing[detail] = result
-                run.driver_s += time.perf_counter() - t
-                if len(run.finishing) == 3:
-                    active.remove(run)
-                    yield SceneOutcome(run.scene, run.name, _publish(run, model, opts, client), run.attempt)
-    finally:
-        bar.close()
-        for run in list(active):
-            drop(run)
+                run.finishing[detail], rss = result
+                run.note_rss(rss)
+        if len(run.finishing) == 3:
+            self.active.remove(run)
+            yield SceneOutcome(run.scene, run.name, _publish(run, self.model, self.opts, self.client), run.attempt)
+
+    def drop(self, run: SceneRun) -> None:
+        """Cancel what a failed scene still waits on, and remove its staging folder."""
+        self.runner.cancel(run.waiting_on | set(run.batch_futures.values()))
+        for future in run.waiting_on:
+            what, detail = self.owner.pop(future, (None, ("", 0)))[1]
+            if what == "chunk":
+                self.batches_in_flight -= detail
+        run.waiting_on.clear()
+        run.batch_futures.clear()
+        self.active.remove(run)
+        _close_output(run.scene_dir, run.staging)
+
+    def _track(self, future, run: SceneRun, what: tuple) -> None:
+        self.owner[future] = (run, what)
+        run.waiting_on.add(future)
+
+    @contextmanager
+    def _driver_time(self, run: SceneRun) -> Iterator[None]:
+        """Count the enclosed wall time as the scene's driver time, less what tasks ran in-process in it."""
+        t, in_tasks = time.perf_counter(), self.runner.task_s
+        yield
+        run.driver_s += time.perf_counter() - t - (self.runner.task_s - in_tasks)
 
 
 def _publish(run: SceneRun, model: RunModel, opts: RunOptions, client) -> RunSummary | Exception:
     try:
-        t = time.perf_counter()
-        workers_rss_mb = worker_peak_rss_mb(client)
-        run.driver_s += time.perf_counter() - t
+        workers_rss_mb = sum(run.worker_rss_mb.values()) if client is not None else 0.0  # in-process: the driver's
         summary = scene_summary(run, model, opts, peak_rss_mb(), workers_rss_mb)
         (run.staging / "summary.json").write_text(summary.to_json())
         publish(run.staging, run.scene_dir, summary.outputs + ["summary.json"])

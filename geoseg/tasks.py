@@ -82,6 +82,23 @@ class ChunkResult:
     seconds: dict  # stitch_s, vectorise_s, write_s on the worker
     polygons: int  # final polygons in its parquet piece
     border: int  # pieces (or instances) in its pickle, for the scene's finishing step
+    rss_mb: dict = field(default_factory=dict)  # worker process -> its peak RSS, MB
+    finished: dict | None = None  # a one-chunk scene's finishing (geoseg.assemble), done in the same task
+
+
+def worker_rss_mb() -> dict[str, float]:
+    """This process's peak RSS, keyed by host and process id (summed per distinct worker in the summary)."""
+    import os
+    import socket
+
+    from .cluster import peak_rss_mb
+
+    return {f"{socket.gethostname()}:{os.getpid()}": peak_rss_mb()}
+
+
+def with_rss(fn, *args):
+    """Run a task; return its result and the peak RSS of the worker that ran it (no extra call to every worker)."""
+    return fn(*args), worker_rss_mb()
 
 
 def piece_path(staging: str | Path, kind: str, index: int, suffix: str = ".tif") -> Path:
@@ -89,9 +106,11 @@ def piece_path(staging: str | Path, kind: str, index: int, suffix: str = ".tif")
 
 
 def process_chunk(work: SceneWork, chunk: Chunk, batches: list[tuple[list[TilePrediction], dict]],
-                  own: list[bool]) -> ChunkResult:
+                  own: list[bool], finish: tuple | None = None) -> ChunkResult:
     """Blend the chunk core from the tiles of ``batches`` that intersect it, write its raster pieces, vectorise it.
-    ``own[i]``: batch ``i`` is one of this chunk's own (its statistics are counted here, once per scene)."""
+    ``own[i]``: batch ``i`` is one of this chunk's own (its statistics are counted here, once per scene).
+    ``finish``: ``(formats, reader)`` for a scene of one chunk, whose finishing this task then does too (one task
+    fewer per chip, and no hop through the scheduler)."""
     t0 = time.perf_counter()
     predictions = [p for batch, _ in batches for p in batch if chunk.intersects(p.tile)]
     probs, valid = blend_chunk(chunk.window, predictions, work.n_classes)
@@ -109,8 +128,14 @@ def process_chunk(work: SceneWork, chunk: Chunk, batches: list[tuple[list[TilePr
         polygons, border = 0, _owned_instances(work, chunk, predictions)
     t3 = time.perf_counter()
     stats = _sum_stats([s for (_, s), mine in zip(batches, own) if mine])
-    return ChunkResult(chunk.index, stats, {"stitch_s": t1 - t0, "write_s": t2 - t1, "vectorise_s": t3 - t2},
-                       polygons, border)
+    result = ChunkResult(chunk.index, stats, {"stitch_s": t1 - t0, "write_s": t2 - t1, "vectorise_s": t3 - t2},
+                         polygons, border)
+    if finish is not None:
+        from .assemble import finish_scene
+
+        result.finished = finish_scene(work, [chunk], *finish)
+    result.rss_mb = worker_rss_mb()
+    return result
 
 
 def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:

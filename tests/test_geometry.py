@@ -109,3 +109,24 @@ def test_single_band_is_repeated_and_band_choice_validated(tmp_path, fast_option
     assert open_scene(rgbn, model_gsd_m=0.3, n_model_bands=3, bands=[4, 3, 2])[0].bands == (4, 3, 2)
     with pytest.raises(GeosegError, match="1 or 3 band numbers"):
         open_scene(rgbn, model_gsd_m=0.3, n_model_bands=3, bands=[1, 2])
+
+
+def test_overview_of_a_file_without_overviews_is_read_in_strips_exactly_as_gdal_decimates(tmp_path):
+    """The strip-wise overview (bounded memory on big scenes) picks the pixels of GDAL's nearest-neighbour read,
+    nodata and NaN included, for tiled and striped files and bands in any order."""
+    from geoseg.read import open_scene
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(100, 30, (3, 700, 530)).astype(np.float32)
+    data[:, 100:180, :] = -9999
+    data[1, 400:420, 50:90] = np.nan
+    for layout in ({"tiled": True, "blockxsize": 256, "blockysize": 256}, {}):
+        scene = write_scene(tmp_path / f"f{len(layout)}.tif", data, nodata=-9999, **layout)
+        reader = open_scene(scene, model_gsd_m=0.3, n_model_bands=3, bands=[3, 1, 2]).reader
+        strips = reader.read_overview(max_px=97)
+        with reader.open() as ds:
+            assert not ds.overviews(1)
+            whole = reader._read(ds, None, strips[1].shape)
+        assert strips[1].shape == (97, 73) and not strips[1].all() and strips[1].any()
+        assert np.array_equal(strips[1], whole[1])
+        assert np.array_equal(strips[0][:, strips[1]], whole[0][:, whole[1]])
