@@ -6,6 +6,7 @@ live in ``geoseg/models/``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -107,6 +108,14 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, hex; remembered per process for a file whose size and modification time are unchanged
+    (a run hashes the model's weights on the driver for the summary, again to check the gate, again to load)."""
+    stat = os.stat(path)
+    return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

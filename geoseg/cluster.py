@@ -40,8 +40,9 @@ WORKER_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin
 
 @contextmanager
 def _worker_environment() -> Iterator[None]:
-    """Start worker processes with :data:`WORKER_CONFIG` and without MALLOC_TRIM_THRESHOLD_. Dask sets it to 65536 (in its config, and in the
-    environment of the process that starts a Nanny, from where later clusters inherit it); any value switches
+    """Start worker processes with :data:`WORKER_CONFIG` and without MALLOC_TRIM_THRESHOLD_. Dask sets that to
+    65536 (in its config, and in the environment of the process that starts a Nanny, from where later clusters
+    inherit it); any value switches
     off glibc's adaptive mmap threshold, so every tensor above 128 KiB is mmap-ed and page-faulted afresh:
     Fast-SCNN ran 2.1x slower per tile (21 -> 44 ms). Workers started by ``dask worker`` need the same (README)."""
     saved = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
