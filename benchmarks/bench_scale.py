@@ -118,7 +118,7 @@ def main() -> None:
                   f"projected {fit['projected_speedup_16']:.1f}x / {fit['projected_speedup_64']:.1f}x / "
                   f"{fit['projected_speedup_256']:.1f}x on 16 / 64 / 256 workers; driver busy {share:.1%} of worker time")
             per_mpx = runs[1][part]["worker_s_per_mpx"]
-            print(f"  worker s/Mpx: " + ", ".join(f"{k.replace('_on_workers', '')} {v:.3f}" for k, v in per_mpx.items())
+            print("  worker s/Mpx: " + ", ".join(f"{k.replace('_on_workers', '')} {v:.3f}" for k, v in per_mpx.items())
                   + f"; driver s/Mpx {runs[1][part]['driver_s_per_mpx']:.4f}")
     if "realtime" not in skip:
         fast = cli_run(scene, out / "fastscnn", "--backend", "fastscnn", "--workers", "2")

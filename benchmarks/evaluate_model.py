@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from geoseg.card import INSTANCE_ARCHITECTURES
+from geoseg.architectures import architecture
 from geoseg.evaluate import average_precision, evaluate, pool
 from geoseg.regions import validation_regions
 from geoseg.train import load_config, source_place
@@ -53,7 +53,7 @@ def main() -> None:
 
     run("runs")
     per_region = {scene.stem: evaluate(out / "runs" / scene.stem, reference) for scene, reference in regions}
-    instances = json.loads(Path(args.model).with_suffix(".json").read_text())["architecture"] in INSTANCE_ARCHITECTURES
+    instances = architecture(json.loads(Path(args.model).with_suffix(".json").read_text())["architecture"]).instances
     if instances:  # mask AP ranks every detection, as COCO does: a second run keeping all scoring >= 0.05
         run("runs-ap", "--score-threshold", str(AP_SCORE_THRESHOLD))
         for scene, reference in regions:

@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from geoseg.backends import DEFAULT_MODELS
 from geoseg.card import ModelCard, resolve_model_path
 from geoseg.evaluate import evaluate, pool, write_labelled_region
 from geoseg.pipeline import RunOptions, run_scene
@@ -64,7 +63,7 @@ def score(model: str, regions: list[tuple[Path, Path]], out: Path, run_options: 
     (``run_options``: RunOptions fields, e.g. ``{"regularise": True}``). The model's own dense backend (U-Net,
     Fast-SCNN, ContextNet), never the gate: this compares what the models learned."""
     architecture = ModelCard.from_json(resolve_model_path(model).with_suffix(".json")).architecture
-    backend = architecture if architecture in DEFAULT_MODELS else "unet"
+    backend = architecture  # every architecture is a backend of its own (geoseg.architectures)
     options = RunOptions(backend=backend, model=model, workers=0, progress=False, formats=["gpkg"],
                          **(run_options or {}))
     results = []

@@ -34,6 +34,7 @@ import pystac
 from tqdm import tqdm
 
 from . import __version__
+from .atomic import write_text_atomic
 from .backends import BackendSpec, describe_backend, resolve_spec
 from .card import file_sha256, resolve_model_path
 from .catalog import SceneRef, catalog_scenes, scene_item
@@ -77,7 +78,7 @@ def run_job(job: Job, progress: bool = True) -> dict:
             entry["status"] = "done" if row["status"] == "skipped" else row["status"]
             if entry != manifest.get(scene_id):  # a skipped scene may have been touched: its new mtime
                 manifest[scene_id] = entry
-                _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+                write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
             bar.update(1)
 
         pending: dict[str, tuple[str, dict]] = {}  # output folder -> (scene id, row so far)
@@ -101,8 +102,8 @@ def run_job(job: Job, progress: bool = True) -> dict:
                    "skipped": sum(r["status"] == "skipped" for r in rows),
                    "failed": sum(r["status"] == "failed" for r in rows),
                    "seconds": round(time.perf_counter() - started, 2), "finished_at": _now(), "per_scene": rows}
-        _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        _write_atomic(out / "summary.md", _markdown(summary))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out / "summary.md", _markdown(summary))
     return summary
 
 
@@ -199,12 +200,6 @@ def _load_manifest(out: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         raise GeosegError(f"{path}: damaged manifest (not JSON); move it away to recompute every scene") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _remove_partials(out: Path) -> None:

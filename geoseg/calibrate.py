@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .card import resolve_model_path
 from .datasets import IGNORE, LabelledScene
 from .errors import GeosegError
@@ -221,10 +222,9 @@ def plot_channels(means: np.ndarray, target: np.ndarray, gate: Gate, path: Path)
         ax.tick_params(labelsize=6)
     axes.ravel()[0].legend(fontsize=6)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def calibrate(model_path: str, data: list[str], out: str | None = None, split: str = "train", tile_px: int = 512,
@@ -290,7 +290,5 @@ def calibrate_policy(model_path: str, data: list[str], split: str = "train", til
     net.card.training["policy_calibration"] = {"data": list(data), "split": split, "tile_px": tile_px,
                                                "blocks": int(p.size), "p_mean": round(float(p.mean()), 4),
                                                "p_std": round(float(p.std()), 4)}
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    net.card.to_json(tmp)
-    tmp.replace(card_path)
+    net.card.to_json(card_path)
     return thresholds, card_path

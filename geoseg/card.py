@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .errors import GeosegError
 
 DEFAULT_MODEL = "buildings-unet-r18"
-#: architectures that give building instances (one polygon per building, an instance raster), not classes only
-INSTANCE_ARCHITECTURES = ("maskrcnn", "maskrcnn-light")
 
 
 @dataclass
@@ -26,7 +25,7 @@ class ModelCard:
     """What a model is and what it expects. ``gsd_m``: ground sample distance it was trained at (metres)."""
 
     name: str
-    architecture: str  # "unet", "fastscnn", "contextnet", "segblocks", or one of INSTANCE_ARCHITECTURES
+    architecture: str  # a name of geoseg.architectures.ARCHITECTURES
     encoder: str  # smp encoder name, e.g. "resnet18"
     classes: list[str]
     building_class: int  # index into classes
@@ -90,7 +89,7 @@ class ModelCard:
             raise ValueError(f"gsd_m {self.gsd_m!r} must be a positive number of metres")
 
     def to_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
 def resolve_model_path(model: str | os.PathLike | None) -> Path:

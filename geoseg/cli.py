@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import GeosegError
+from .options import DEFAULTS
 
 
 def _int_list(text: str) -> list[int]:
@@ -22,10 +23,13 @@ def _formats(text: str) -> list[str]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from .backends import REGISTRY
+    from .write import VECTOR_FORMATS
+
     p.add_argument("-o", "--out", default="geoseg-output", help="output folder; results go to OUT/<scene-stem>/")
-    p.add_argument("--backend", default="auto",
-                   help="auto (default: bgs if the model has a calibrated gate, else the model's own), unet, bgs, "
-                        "fastscnn, contextnet, segblocks, maskrcnn-light, maskrcnn")
+    p.add_argument("--backend", default=DEFAULTS.backend,
+                   help="auto (default: bgs if the model has a calibrated gate, else its architecture's), "
+                        + ", ".join(REGISTRY))
     p.add_argument("--tau", type=float, default=None,
                    help="segblocks: fraction of blocks processed at full resolution, 0-1 (default: the model's)")
     p.add_argument("--score-threshold", type=float, default=None,
@@ -34,18 +38,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="unet/fastscnn/contextnet: average each tile over left-right and up-down flips (4x the model time; "
                         "with --backend auto it runs the dense backend, not the gate)")
     p.add_argument("--model", default=None, help="model name shipped with geoseg, or path to NAME.safetensors")
-    p.add_argument("--tile", type=int, default=512, dest="tile_px", help="tile size in pixels (default 512)")
-    p.add_argument("--overlap", type=int, default=64, dest="overlap_px", help="tile overlap in pixels (default 64)")
-    p.add_argument("--batch", type=int, default=4, dest="batch_tiles", help="tiles per Dask task (default 4)")
-    p.add_argument("--chunk", type=int, default=2048, dest="chunk_px",
-                   help="side in px of the chunks workers stitch, write and vectorise whole (default 2048)")
+    p.add_argument("--tile", type=int, default=DEFAULTS.tile_px, dest="tile_px",
+                   help=f"tile size in pixels (default {DEFAULTS.tile_px})")
+    p.add_argument("--overlap", type=int, default=DEFAULTS.overlap_px, dest="overlap_px",
+                   help=f"tile overlap in pixels (default {DEFAULTS.overlap_px})")
+    p.add_argument("--batch", type=int, default=DEFAULTS.batch_tiles, dest="batch_tiles",
+                   help=f"tiles per Dask task (default {DEFAULTS.batch_tiles})")
+    p.add_argument("--chunk", type=int, default=DEFAULTS.chunk_px, dest="chunk_px",
+                   help=f"side in px of the chunks workers stitch, write and vectorise whole (default {DEFAULTS.chunk_px})")
     p.add_argument("--bands", type=_int_list, default=None, help="1-based bands for the model, e.g. 1,2,3 or 1")
-    p.add_argument("--formats", type=_formats, default=["geojson", "gpkg", "shp", "parquet"],
-                   help="vector formats: geojson,gpkg,shp,parquet (default: all)")
-    p.add_argument("--min-area", type=float, default=4.0, dest="min_area_m2", help="drop buildings under this many m2")
-    p.add_argument("--simplify", type=float, default=0.25, dest="simplify_m", help="simplify tolerance in metres")
+    p.add_argument("--formats", type=_formats, default=DEFAULTS.formats,
+                   help=f"vector formats: {','.join(VECTOR_FORMATS)} (default: all)")
+    p.add_argument("--min-area", type=float, default=DEFAULTS.min_area_m2, dest="min_area_m2",
+                   help=f"drop buildings under this many m2 (default {DEFAULTS.min_area_m2:g})")
+    p.add_argument("--simplify", type=float, default=DEFAULTS.simplify_m, dest="simplify_m",
+                   help=f"simplify tolerance in metres (default {DEFAULTS.simplify_m:g})")
     p.add_argument("--regularise", action="store_true", help="right-angled building outlines instead of simplified ones")
-    p.add_argument("--min-rectangularity", type=float, default=0.0,
+    p.add_argument("--min-rectangularity", type=float, default=DEFAULTS.min_rectangularity,
                    help="drop polygons whose area is under this fraction of their bounding rectangle's (0-1; 0: off)")
     p.add_argument("--separator-threshold", type=float, default=None,
                    help="P(separator) that splits touching buildings (models with a separator class; default: the card's)")
@@ -57,8 +66,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--native-resolution", action="store_true", help="never resample; run at the scene's own GSD")
     p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: CPU cores; 0: in-process)")
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N]")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+    p.add_argument("--device", default=DEFAULTS.device, help="torch device: cpu or cuda[:N]")
+    p.add_argument("--precision", default=DEFAULTS.precision, choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -163,10 +172,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .calibrate import calibrate, calibrate_policy
+    from .architectures import architecture
     from .card import ModelCard, resolve_model_path
     from .model import use_bf16
 
-    if ModelCard.from_json(resolve_model_path(args.model).with_suffix(".json")).architecture == "segblocks":
+    if architecture(ModelCard.from_json(resolve_model_path(args.model).with_suffix(".json")).architecture).blocks:
         with tqdm(unit="tile", desc="calibrating policy", disable=args.quiet, file=sys.stderr, leave=False) as bar:
             thresholds, path = calibrate_policy(args.model, args.data, split=args.split, tile_px=args.tile_px,
                                                 autocast=use_bf16(args.precision), progress=bar)
@@ -247,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--data", action="append", required=True, help="training config(s) (YAML) whose tiles calibrate")
     ca.add_argument("-o", "--out", default=None, help="gate JSON (default: NAME.gate.json beside the model)")
     ca.add_argument("--split", default="train", choices=["train", "val"], help="which scenes (default: train)")
-    ca.add_argument("--tile", type=int, default=512, dest="tile_px", help="tile size in pixels, as in `geoseg run`")
+    ca.add_argument("--tile", type=int, default=DEFAULTS.tile_px, dest="tile_px",
+                    help="tile size in pixels, as in `geoseg run`")
     ca.add_argument("--target-fraction", type=float, default=0.005, help="building share that makes a tile a target")
     ca.add_argument("--k1", type=int, default=10, help="stage-1 (OR) channels")
     ca.add_argument("--k2", type=int, default=3, help="stage-2 (AND, false-alarm filter) channels; 0: none")

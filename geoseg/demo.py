@@ -19,6 +19,8 @@ from affine import Affine
 from PIL import Image, ImageDraw, ImageFilter
 from rasterio.windows import Window
 
+from .atomic import atomic_path
+
 DEMO_CRS = "EPSG:32636"
 DEMO_ORIGIN = (452_000.0, 40_000.0)  # UTM easting/northing of the top-left corner, metres
 
@@ -74,8 +76,7 @@ def generate_scene(path: str | os.PathLike, size_px: int = 2048, gsd_m: float = 
     profile = dict(driver="GTiff", width=size_px, height=size_px, count=3, dtype="uint8", crs=DEMO_CRS,
                    transform=transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
                    photometric="RGB")
-    tmp = path.with_name(path.name + ".partial")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for row in range(0, size_px, block_px):
             for col in range(0, size_px, block_px):
                 rng = np.random.default_rng([seed, row, col])
@@ -83,5 +84,4 @@ def generate_scene(path: str | os.PathLike, size_px: int = 2048, gsd_m: float = 
                 block = draw_block(rng, block_px, gsd_m, density)
                 h, w = min(block_px, size_px - row), min(block_px, size_px - col)
                 dst.write(np.moveaxis(block[:h, :w], -1, 0), window=Window(col, row, w, h))
-    os.replace(tmp, path)
     return path

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .errors import GeosegError
 
 
@@ -70,11 +71,7 @@ class Gate:
         return gate_open(self.stage1, self.stage2, means)
 
     def to_json(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Gate":

@@ -25,23 +25,24 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
+from .options import DEFAULTS
 from .write import VECTOR_FORMATS
 from .yamlfile import Strict, load_yaml
 
 
 class Tiling(Strict):
-    tile_px: int = Field(512, ge=64)
-    overlap_px: int = Field(64, ge=0)
-    batch_tiles: int = Field(4, ge=1)
+    tile_px: int = Field(DEFAULTS.tile_px, ge=64)
+    overlap_px: int = Field(DEFAULTS.overlap_px, ge=0)
+    batch_tiles: int = Field(DEFAULTS.batch_tiles, ge=1)
 
 
 class Output(Strict):
     folder: str
-    formats: list[str] = Field(default_factory=lambda: list(VECTOR_FORMATS))
-    min_area_m2: float = Field(4.0, ge=0)
-    simplify_m: float = Field(0.25, ge=0)
-    regularise: bool = False
-    min_rectangularity: float = Field(0.0, ge=0, le=1)
+    formats: list[str] = Field(default_factory=lambda: list(DEFAULTS.formats))
+    min_area_m2: float = Field(DEFAULTS.min_area_m2, ge=0)
+    simplify_m: float = Field(DEFAULTS.simplify_m, ge=0)
+    regularise: bool = DEFAULTS.regularise
+    min_rectangularity: float = Field(DEFAULTS.min_rectangularity, ge=0, le=1)
 
     @field_validator("formats")
     @classmethod
@@ -85,13 +86,13 @@ class Job(Strict):
     catalog: str
     asset: str | None = None
     asset_role: str = "data"
-    backend: str = "auto"
+    backend: str = DEFAULTS.backend
     model: str | None = None
     tau: float | None = Field(None, gt=0, le=1)
     score_threshold: float | None = Field(None, ge=0, le=1)
     tta: bool = False  # dense backends: test-time augmentation, 4 passes per tile
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    device: str = "cpu"
+    precision: Literal["auto", "bf16", "fp32"] = DEFAULTS.precision
+    device: str = DEFAULTS.device
     tiling: Tiling = Field(default_factory=Tiling)
     output: Output
     cluster: Cluster = Field(default_factory=lambda: LocalCluster(kind="local"))

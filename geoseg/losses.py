@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .card import INSTANCE_ARCHITECTURES
+from .architectures import architecture
 from .datasets import IGNORE
 from .nets.blocks_dynamic import BlockLayout
 from .nets.segblocks import block_means, reinforce_loss
@@ -81,9 +81,10 @@ def training_loss(net, x: torch.Tensor, y: torch.Tensor,
                   probe: GateProbe | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss to minimise for prepared inputs ``x`` and labels ``y`` (N, H, W) of the same size; ``probe``
     (encoder-decoder models only) adds the bottleneck term of :class:`GateProbe`."""
-    if net.card.architecture == "segblocks":
+    loss = architecture(net.card.architecture).loss
+    if loss == "blocks":
         return segblocks_loss(net, x, y)
-    if net.card.architecture in INSTANCE_ARCHITECTURES:
+    if loss == "instances":
         return instance_loss(net, x, y)
     features = net.encode(x)
     loss = segmentation_loss(net.decode(features), y)

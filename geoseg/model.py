@@ -10,7 +10,7 @@ A model on disk is two files side by side: ``NAME.safetensors`` (weights, never 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+
 from pathlib import Path
 
 import torch
@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .architectures import architecture, import_named
+from .atomic import atomic_path
 from .card import ModelCard, file_sha256, resolve_model_path
 from .errors import GeosegError
 from .nets.blocks_dynamic import BlockLayout, block_combine, block_sample
-from .nets.contextnet import ContextNet
-from .nets.fastscnn import FastSCNN
 from .nets.segblocks import BlockPolicy, unet_on_blocks
 
 
@@ -49,8 +49,6 @@ class SegmentationModel(GeoModel):
 
     def __init__(self, card: ModelCard):
         super().__init__()
-        if card.architecture != "unet":
-            raise GeosegError(f"model {card.name}: unknown architecture {card.architecture!r}")
         # imported here: smp pulls in torchvision and torch._dynamo, 1.5 s per worker process (measured on top
         # of torch) that the real-time backends do not need
         import segmentation_models_pytorch as smp
@@ -85,8 +83,7 @@ class SegBlocksModel(SegmentationModel):
     def __init__(self, card: ModelCard):
         if card.block_px < 64 or card.size_multiple_px % card.block_px:
             raise GeosegError(f"model {card.name}: block_px must be >= 64 and divide size_multiple_px")
-        super().__init__(replace(card, architecture="unet"))
-        self.card = card
+        super().__init__(card)
         self.policy = BlockPolicy(len(card.bands))
         self.tau = card.tau
         self.last_high_fraction = 0.0
@@ -130,8 +127,6 @@ class InstanceModel(GeoModel):
     their semantic view (:func:`geoseg.instances.semantic_logits`), so that validation and the semantic
     outputs of the pipeline work as for the other models."""
 
-    DESIGNS = {"maskrcnn": "baseline", "maskrcnn-light": "light"}
-
     def __init__(self, card: ModelCard):
         super().__init__()
         from .nets.maskrcnn import build_maskrcnn
@@ -139,7 +134,7 @@ class InstanceModel(GeoModel):
         self.card = card
         depth = int(card.encoder.removeprefix("resnet") or 18)
         # detections under the card's threshold are dropped before the mask branch, which then runs on fewer RoIs
-        self.detector = build_maskrcnn(self.DESIGNS[card.architecture], depth, len(card.bands), 2, tile_px=512,
+        self.detector = build_maskrcnn(architecture(card.architecture).variant, depth, len(card.bands), 2, tile_px=512,
                                        box_score_thresh=card.instance_score_threshold, _skip_resize=True)
 
     def set_score_threshold(self, score: float) -> None:
@@ -180,7 +175,7 @@ class RealtimeModel(GeoModel):
     def __init__(self, card: ModelCard):
         super().__init__()
         self.card = card
-        self.net = {"fastscnn": FastSCNN, "contextnet": ContextNet}[card.architecture](len(card.bands), len(card.classes))
+        self.net = import_named(architecture(card.architecture).variant)(len(card.bands), len(card.classes))
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.net.encode(x)
@@ -192,16 +187,14 @@ class RealtimeModel(GeoModel):
         return self.net.aux_logits(features)
 
 
-ARCHITECTURES = {"unet": SegmentationModel, "fastscnn": RealtimeModel, "contextnet": RealtimeModel,
-                 "segblocks": SegBlocksModel, "maskrcnn": InstanceModel, "maskrcnn-light": InstanceModel}
-
-
 def build_model(card: ModelCard) -> GeoModel:
-    """The (untrained) model a card describes."""
-    if card.architecture not in ARCHITECTURES:
-        raise GeosegError(f"model {card.name}: unknown architecture {card.architecture!r}; "
-                          f"known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[card.architecture](card)
+    """The (untrained) model a card describes: the model class of its architecture's row
+    (:data:`geoseg.architectures.ARCHITECTURES`)."""
+    try:
+        row = architecture(card.architecture)
+    except GeosegError as err:
+        raise GeosegError(f"model {card.name}: {err}") from None
+    return import_named(row.model)(card)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -312,9 +305,8 @@ def save_model(net: GeoModel, path: str | os.PathLike, half: bool = True) -> str
     aliases = _aliases(net)  # a module used twice (a head shared by two branches) is saved once
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
              for k, v in net.state_dict().items() if k not in aliases}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp))
-    os.chmod(tmp, 0o644)  # safetensors creates 0600 files; shipped weights must be readable by all
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+        os.chmod(tmp, 0o644)  # safetensors creates 0600 files; shipped weights must be readable by all
     net.card.to_json(path.with_suffix(".json"))
     return file_sha256(path)

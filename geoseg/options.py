@@ -89,3 +89,7 @@ class RunOptions:
             if not torch.cuda.is_available():
                 bad("--device", self.device, "CUDA is not available on this machine (use --device cpu)")
         return self
+
+
+#: every run default, read by the command line (``geoseg run``, ``geoseg calibrate --tile``) and the job schema
+DEFAULTS = RunOptions()

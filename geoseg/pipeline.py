@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from .assemble import finishing_steps
 from .backends import Backend, BackendSpec, describe_backend, resolve_spec
-from .card import INSTANCE_ARCHITECTURES, ModelCard
+from .architectures import yields_instances
+from .card import ModelCard
 from .chunk import ChunkPlan, plan_chunks, window_px_for
 from .cluster import dask_client, peak_rss_mb, runner_for
 from .errors import GeosegError
@@ -160,7 +161,7 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
     scene_dir, staging = prepare_output(out_dir, name)
     gsd_m = opened.facts["grid_gsd_m"]
     owned = None
-    if card.architecture in INSTANCE_ARCHITECTURES:
+    if yields_instances(card.architecture):
         from .merge_instances import ownership
 
         owned = ownership(tiles, grid.height, grid.width)

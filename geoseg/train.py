@@ -18,9 +18,11 @@ from typing import Annotated, Literal, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
+from .atomic import atomic_path
+from .architectures import ARCHITECTURES, architecture, size_multiple_px
 from .card import ModelCard
 from .datasets import (IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source, image_mask_source,
                        negatives_source, xyz_source)
@@ -114,8 +116,15 @@ class GateAux(Strict):
 
 
 class TrainConfig(Strict):
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, name: str) -> str:
+        if name not in ARCHITECTURES:
+            raise ValueError(f"unknown {name!r}; choose from {', '.join(ARCHITECTURES)}")
+        return name
+
     name: str
-    architecture: Literal["unet", "fastscnn", "contextnet", "segblocks", "maskrcnn", "maskrcnn-light"] = "unet"
+    architecture: str = "unet"  # a row of geoseg.architectures.ARCHITECTURES
     encoder: str = "resnet18"  # U-Net, SegBlocks and Mask R-CNN only
     block_px: int = Field(0, ge=0)  # SegBlocks only: block side; crop_px must be a multiple
     tau: float = Field(0.4, gt=0, le=1)  # SegBlocks only: target fraction of high-resolution blocks
@@ -164,7 +173,7 @@ def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
     config = load_yaml(path, TrainConfig, "config", edit=lambda raw: _with_base(raw, path))
     if config.building_class >= len(config.classes):
         raise GeosegError(f"{path}: building_class: {config.building_class} is not an index into classes")
-    if config.architecture == "segblocks" and (config.block_px < 64 or config.crop_px % config.block_px):
+    if architecture(config.architecture).blocks and (config.block_px < 64 or config.crop_px % config.block_px):
         raise GeosegError(f"{path}: block_px: SegBlocks needs block_px >= 64 dividing crop_px ({config.crop_px})")
     if config.separator_class is not None and config.separator_class != len(config.classes) - 1:
         raise GeosegError(f"{path}: separator_class: must be the last class ({len(config.classes) - 1})")
@@ -343,9 +352,8 @@ def validate(net: GeoModel, scenes: list[LabelledScene], autocast: bool) -> tupl
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
@@ -377,11 +385,10 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     if not train_scenes or not val_scenes:
         raise GeosegError("the sources give no training or no validation scenes: check splits and val_fraction")
     autocast = use_bf16(config.precision)
-    blocks = config.architecture == "segblocks"
-    card = ModelCard(name=config.name, architecture=config.architecture,
-                     encoder="" if config.architecture in ("fastscnn", "contextnet") else config.encoder,
+    row = architecture(config.architecture)
+    card = ModelCard(name=config.name, architecture=config.architecture, encoder=config.encoder if row.encoder else "",
                      classes=config.classes, block_px=config.block_px, tau=config.tau,
-                     size_multiple_px=max(32, config.block_px) if blocks else 32,
+                     size_multiple_px=size_multiple_px(config.architecture, config.block_px),
                      building_class=config.building_class, separator_class=config.separator_class,
                      bands=["red", "green", "blue"], gsd_m=config.gsd_m, licence=config.licence,
                      attribution=config.attribution)
@@ -400,7 +407,7 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         groups.append({"params": policy, "lr": config.policy_lr or config.lr})
     probe = None
     if config.gate_aux is not None:
-        if config.architecture in ("segblocks", "maskrcnn", "maskrcnn-light"):  # no encode -> gate -> decode
+        if not row.gate:  # no encode -> gate -> decode
             raise GeosegError(f"{config_path}: gate_aux: only encoder-decoder models have a gate to train for")
         aux = config.gate_aux
         probe = GateProbe(aux.channels, aux.weight, aux.target_fraction, config.building_classes)

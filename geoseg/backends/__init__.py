@@ -1,4 +1,7 @@
-"""Backends: one interface, one registry. Adding a backend = one module here + one entry in ``REGISTRY``.
+"""Backends: one interface. Which backend runs which architecture, and which model it runs when none is named,
+comes from the table of :mod:`geoseg.architectures` (``REGISTRY`` and ``DEFAULT_MODELS`` are read from it): adding
+an architecture is a network module and a row there; a backend class of its own is needed only when it predicts
+differently (SegBlocks' blocks, Mask R-CNN's instances).
 
 A backend turns a batch of normalised tiles into per-class probabilities::
 
@@ -12,32 +15,22 @@ cached there, so a model is loaded once per worker process, not once per task.
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
 from ..errors import GeosegError
-from ..card import INSTANCE_ARCHITECTURES, ModelCard, file_sha256, resolve_model_path
+from ..architectures import ARCHITECTURES, GATED_BACKEND, architecture, import_named
+from ..card import ModelCard, file_sha256, resolve_model_path
 from ..gate import gate_path, load_gate
 
-#: name -> "module:Class"
-REGISTRY: dict[str, str] = {
-    "unet": "geoseg.backends.unet:UNetBackend",
-    "bgs": "geoseg.backends.bgs:BGSBackend",
-    "fastscnn": "geoseg.backends.realtime:FastSCNNBackend",
-    "contextnet": "geoseg.backends.realtime:ContextNetBackend",
-    "segblocks": "geoseg.backends.segblocks:SegBlocksBackend",
-    "maskrcnn-light": "geoseg.backends.maskrcnn:MaskRCNNLightBackend",
-    "maskrcnn": "geoseg.backends.maskrcnn:MaskRCNNBackend",
-}
-#: the model a backend runs when no --model is given (None: geoseg's default model); torch-free, for the driver
-DEFAULT_MODELS: dict[str, str] = {"fastscnn": "buildings-fastscnn", "contextnet": "buildings-contextnet",
-                                  "segblocks": "buildings-segblocks", "maskrcnn-light": "buildings-maskrcnn-light",
-                                  "maskrcnn": "buildings-maskrcnn"}
+#: backend name -> "module:Class": one per architecture, and the gated backend
+REGISTRY: dict[str, str] = {name: row.backend for name, row in ARCHITECTURES.items()} | dict([GATED_BACKEND])
+#: the model a backend runs when no --model is given (absent: geoseg's default model); torch-free, for the driver
+DEFAULT_MODELS: dict[str, str] = {name: row.default_model for name, row in ARCHITECTURES.items() if row.default_model}
 #: backends that run every tile through the whole model, which ``--tta`` can repeat
-DENSE_BACKENDS = ("unet", "fastscnn", "contextnet")
+DENSE_BACKENDS = tuple(name for name, row in ARCHITECTURES.items() if row.dense)
 #: ``--backend auto`` (the default): the gated backend where the model has a calibrated gate beside it, else dense
 AUTO = "auto"
 
@@ -78,8 +71,7 @@ class BackendSpec:
 def backend_class(name: str):
     if name not in REGISTRY:
         raise GeosegError(f"unknown backend {name!r}; available: {', '.join([AUTO] + sorted(REGISTRY))}")
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return import_named(REGISTRY[name])
 
 
 def resolve_spec(spec: BackendSpec) -> BackendSpec:
@@ -93,8 +85,7 @@ def resolve_spec(spec: BackendSpec) -> BackendSpec:
     path = resolve_model_path(spec.model)
     if gate_path(path).exists() and not spec.tta:  # the gate saves decoder passes; TTA runs four of them
         return replace(spec, name="bgs")
-    architecture = ModelCard.from_json(path.with_suffix(".json")).architecture
-    return replace(spec, name=architecture if architecture in DEFAULT_MODELS else "unet")
+    return replace(spec, name=ModelCard.from_json(path.with_suffix(".json")).architecture)
 
 
 def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
@@ -106,16 +97,16 @@ def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
     card = ModelCard.from_json(path.with_suffix(".json"))
     if spec.name in DEFAULT_MODELS and card.architecture != spec.name:
         raise GeosegError(f"--backend {spec.name}: model {card.name} is a {card.architecture}, not a {spec.name}")
-    if spec.name == "bgs":
+    if spec.name == GATED_BACKEND[0]:
         load_gate(path, sha256)  # a missing or mismatched gate is refused here, before any worker starts
     if spec.tta and spec.name not in DENSE_BACKENDS:
         raise GeosegError(f"--tta applies to the dense backends ({', '.join(DENSE_BACKENDS)}), not {spec.name}")
     if spec.tau is not None:
-        if spec.name != "segblocks":
+        if spec.name not in ARCHITECTURES or not ARCHITECTURES[spec.name].blocks:
             raise GeosegError(f"--tau applies to --backend segblocks only, not {spec.name}")
         check_tau(spec.tau)
     if spec.score_threshold is not None:
-        if card.architecture not in INSTANCE_ARCHITECTURES:
+        if not architecture(card.architecture).instances:
             raise GeosegError(f"--score-threshold applies to instance models only, not {card.name} ({card.architecture})")
         card.instance_score_threshold = check_score_threshold(spec.score_threshold)
     return card, sha256
@@ -140,4 +131,6 @@ def load_backend(spec: BackendSpec) -> Backend:
     extra = {k: v for k, v in (("tau", spec.tau), ("score_threshold", spec.score_threshold)) if v is not None}
     if spec.tta:
         extra["tta"] = True
+    if spec.name in ARCHITECTURES:
+        extra["architecture"] = spec.name  # the backend of a row runs that architecture (its own model by default)
     return backend_class(spec.name)(model=spec.model, device=spec.device, precision=spec.precision, **extra)

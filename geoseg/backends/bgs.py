@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from ..card import resolve_model_path
 from ..gate import Gate, load_gate
 from . import BatchPrediction
+from ..architectures import GATED_BACKEND
 from .unet import UNetBackend
 
 
 class BGSBackend(UNetBackend):
-    name = "bgs"
-
     def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto", gate: Gate | None = None):
         super().__init__(model=model, device=device, precision=precision)
+        self.name = GATED_BACKEND[0]
         self.gate = gate or load_gate(resolve_model_path(model), self.model_sha256)
         self.channels = torch.tensor(self.gate.channels, device=self.device)
         card = self.card

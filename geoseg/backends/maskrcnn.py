@@ -16,10 +16,12 @@ from . import BatchPrediction, check_score_threshold
 from .unet import ArchitectureBackend
 
 
-class _InstanceBackend(ArchitectureBackend):
+class InstanceBackend(ArchitectureBackend):
+    """The backend of the instance architectures (``maskrcnn-light``, ``maskrcnn``)."""
+
     def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto",
-                 score_threshold: float | None = None):
-        super().__init__(model=model, device=device, precision=precision)
+                 score_threshold: float | None = None, architecture: str = ""):
+        super().__init__(model=model, device=device, precision=precision, architecture=architecture)
         if score_threshold is not None:
             self.net.set_score_threshold(check_score_threshold(score_threshold))
 
@@ -50,10 +52,3 @@ def tile_instances(detection: dict, h: int, w: int, score_threshold: float) -> l
         out.append(Instance(int(r0), int(c0), binary[r0:r1, c0:c1], score))
     return out
 
-
-class MaskRCNNLightBackend(_InstanceBackend):
-    name = architecture = "maskrcnn-light"
-
-
-class MaskRCNNBackend(_InstanceBackend):
-    name = architecture = "maskrcnn"

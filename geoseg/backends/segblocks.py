@@ -13,11 +13,9 @@ from .unet import ArchitectureBackend
 
 
 class SegBlocksBackend(ArchitectureBackend):
-    name = architecture = "segblocks"
-
     def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto",
-                 tau: float | None = None):
-        super().__init__(model=model, device=device, precision=precision)
+                 tau: float | None = None, architecture: str = ""):
+        super().__init__(model=model, device=device, precision=precision, architecture=architecture)
         if tau is not None:
             check_tau(tau)
             self.net.tau = tau

@@ -23,14 +23,17 @@ TTA_TURNS = ((0, False), (0, True), (2, False), (2, True))
 
 
 class UNetBackend:
-    name = "unet"
+    """Runs any encoder-decoder model of the table (:mod:`geoseg.architectures`) densely; named after the
+    architecture of the model it runs."""
 
-    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto", tta: bool = False):
+    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto", tta: bool = False,
+                 architecture: str | None = None):
         self.tta = tta
         self.device = torch_device(device)
         self.bf16 = use_bf16(precision, device)
         net, self.model_sha256 = load_model(model)
         self.card = net.card
+        self.name = architecture or self.card.architecture
         self.net = fold_batchnorm(net)
         # channels_last lets oneDNN pick its fast convolution kernels on CPU (58 % -> 88 % of matmul peak).
         self.net = self.net.to(self.device, memory_format=torch.channels_last)
@@ -67,13 +70,13 @@ class UNetBackend:
 
 
 class ArchitectureBackend(UNetBackend):
-    """A backend bound to one architecture (``architecture``, equal to the backend's name): its own model when
-    none is given (:data:`DEFAULT_MODELS`), and a clear error for a model of another architecture."""
+    """The backend of one architecture row (the real-time nets, and the base of SegBlocks' and Mask R-CNN's): its
+    own model when none is given (:data:`DEFAULT_MODELS`), and a clear error for a model of another architecture."""
 
-    architecture = ""
-
-    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto", tta: bool = False):
-        super().__init__(model=model or DEFAULT_MODELS[self.name], device=device, precision=precision, tta=tta)
-        if self.card.architecture != self.architecture:
-            raise GeosegError(f"--backend {self.name}: model {self.card.name} is a {self.card.architecture}, "
-                              f"not a {self.architecture}")
+    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto", tta: bool = False,
+                 architecture: str = ""):
+        super().__init__(model=model or DEFAULT_MODELS.get(architecture), device=device, precision=precision, tta=tta,
+                         architecture=architecture)
+        if self.card.architecture != architecture:
+            raise GeosegError(f"--backend {architecture}: model {self.card.name} is a {self.card.architecture}, "
+                              f"not a {architecture}")
