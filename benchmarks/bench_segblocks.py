@@ -36,7 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from geoseg.calibrate import scene_tiles
 from geoseg.model import fold_batchnorm, load_model, use_bf16
 from geoseg.nets.blocks_dynamic import BlockLayout
-from geoseg.train import confusion, fold_separator, load_config, load_scenes, metrics_from_confusion
+from geoseg.config import load_config, load_scenes
+from geoseg.metrics import confusion, fold_separator, metrics_from_confusion
 
 
 def variants(net, taus: list[float], scales: list[float]) -> dict:

@@ -33,7 +33,8 @@ import torch
 
 from geoseg.card import ModelCard, resolve_model_path
 from geoseg.model import bf16_is_fast, load_model
-from geoseg.train import TrainConfig, load_scenes, validate
+from geoseg.config import TrainConfig, load_scenes
+from geoseg.train import validate
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 KEYS = ("building_iou", "mean_iou", "pixels")

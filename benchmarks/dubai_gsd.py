@@ -12,7 +12,8 @@ import argparse
 import time
 
 from geoseg.model import bf16_is_fast, load_model
-from geoseg.train import load_config, load_scenes, validate
+from geoseg.config import load_config, load_scenes
+from geoseg.train import validate
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("model")

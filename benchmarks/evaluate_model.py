@@ -23,7 +23,7 @@ from pathlib import Path
 from geoseg.architectures import architecture
 from geoseg.evaluate import average_precision, evaluate, pool
 from geoseg.regions import validation_regions
-from geoseg.train import load_config, source_place
+from geoseg.config import load_config, source_place
 
 #: instance models' mask AP ranks every detection scoring at least this (torchvision's and COCO practice), not
 #: only those above the card's operating threshold, which F1 and IoU use

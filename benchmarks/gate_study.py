@@ -29,7 +29,7 @@ from geoseg.calibrate import collect, false_alarms_by_group
 from geoseg.card import file_sha256
 from geoseg.gate import calibrate_rules, gate_open, rates
 from geoseg.model import load_model, use_bf16
-from geoseg.train import load_config
+from geoseg.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "geoseg" / "configs" / "buildings-unet-r18.yaml"

@@ -34,7 +34,8 @@ from geoseg.calibrate import scene_tiles
 from geoseg.card import resolve_model_path
 from geoseg.datasets import IGNORE
 from geoseg.gate import Gate, gate_path, rates
-from geoseg.train import confusion, load_config, load_scenes
+from geoseg.config import load_config, load_scenes
+from geoseg.metrics import confusion
 
 
 def flops(module_call) -> int:

@@ -42,7 +42,8 @@ from geoseg.card import ModelCard, resolve_model_path
 from geoseg.evaluate import evaluate, pool, write_labelled_region
 from geoseg.pipeline import RunOptions, run_scene
 from geoseg.regions import validation_regions
-from geoseg.train import TrainConfig, load_config, load_scenes, source_place, train
+from geoseg.config import TrainConfig, load_config, load_scenes, source_place
+from geoseg.train import train
 
 def fold_config(base_path: Path, place: str, epochs: int, steps: int, out: Path, changes: dict | None = None) -> Path:
     """The base config without ``place``'s sources, paths absolute, budget and ``changes`` applied; written to

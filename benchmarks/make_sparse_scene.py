@@ -41,7 +41,7 @@ import rasterio
 from geoseg.datasets import DUBAI_CLASSES, IGNORE, LabelledScene, dubai_source, read_whole
 from geoseg.evaluate import write_labelled_region
 from geoseg.tile import tile_grid
-from geoseg.train import load_config, load_scenes, source_place
+from geoseg.config import load_config, load_scenes, source_place
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "geoseg" / "configs" / "buildings-unet-r18.yaml"

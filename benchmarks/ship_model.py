@@ -28,7 +28,8 @@ if "--last" in sys.argv:
 
     from geoseg.card import ModelCard
     from geoseg.model import bf16_is_fast, build_model, save_model
-    from geoseg.train import TrainConfig, load_config, load_scenes, validate
+    from geoseg.config import TrainConfig, load_config, load_scenes
+    from geoseg.train import validate
 
     net = build_model(ModelCard.from_json(run / "best.json"))
     net.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["model"])

@@ -21,7 +21,8 @@ from geoseg.calibrate import scene_tiles
 from geoseg.datasets import IGNORE
 from geoseg.instances import semantic_logits
 from geoseg.model import bf16_is_fast, load_model, use_bf16
-from geoseg.train import load_config, load_scenes, validate
+from geoseg.config import load_config, load_scenes
+from geoseg.train import validate
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 

@@ -9,7 +9,8 @@
   and appended to every vector file: GeoPackage and Shapefile by OGR append, GeoParquet as one row group per
   chunk, GeoJSON (EPSG:4326, RFC 7946) as features written on. The preview is drawn the same way.
 * **Instances** (instance models): the kept instances of all chunks make the polygons and the instance raster
-  (:mod:`geoseg.merge_instances`); they are one per building, small, and read once.
+  (:func:`geoseg.vectorise.instances_to_frame`, :func:`write_instance_raster`); they are one per building, small,
+  and read once.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from xml.sax.saxutils import escape, quoteattr
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import rasterio
 from pyproj import CRS
 
 from .chunk import Chunk
 from .read import Grid, SceneReader
 from .tasks import SceneWork, load_dump, piece_path
-from .vectorise import merge_border_pieces, pieces_to_frame
+from .vectorise import instances_to_frame, merge_border_pieces, pieces_to_frame
 from .write import VECTOR_FORMATS, Preview, SHAPEFILE_PARTS, write_cog
 
 
@@ -115,8 +117,6 @@ def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str]
 def write_scene_instances(work: SceneWork, chunks: list[Chunk], formats: list[str], reader: SceneReader) -> tuple[int, float, list[str], int]:
     """Instance models: polygons, ``instances.tif`` and the preview from the chunks' kept instances:
     (buildings, seconds, file names, instances kept before ``min_area_m2``)."""
-    from .merge_instances import instances_to_frame, write_instance_raster
-
     started = time.perf_counter()
     staging = Path(work.staging)
     instances = [i for c in chunks for i in load_dump(piece_path(staging, "chunk", c.index, ".pkl"))]
@@ -222,3 +222,27 @@ class VectorSink:
             else:
                 written.append(name)
         return written
+
+
+def write_instance_raster(instances: list, grid: Grid, valid_path: str, path: str, strip_px: int = 1024) -> None:
+    """uint32 ids (position in ``instances`` + 1), written in strips of rows; the higher score wins overlaps;
+    nodata (0xFFFFFFFF) where ``valid_path``'s mask (the probability raster) says the input was invalid."""
+    nodata = np.iinfo(np.uint32).max
+    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="uint32", crs=grid.crs,
+                   transform=grid.transform, tiled=True, blockxsize=256, blockysize=256, nodata=nodata)
+    by_score = np.array(sorted(range(len(instances)), key=lambda i: instances[i].score), dtype=np.int64)
+    first_row = np.array([instances[i].row_px for i in by_score], dtype=np.int64)
+    end_row = first_row + np.array([instances[i].mask.shape[0] for i in by_score], dtype=np.int64)
+    with rasterio.open(valid_path) as valid_ds, rasterio.open(path, "w", **profile) as dst:
+        for top in range(0, grid.height, strip_px):
+            bottom = min(top + strip_px, grid.height)
+            strip = np.zeros((bottom - top, grid.width), np.uint32)
+            for i in by_score[(first_row < bottom) & (end_row > top)].tolist():  # only those in the strip
+                inst = instances[i]
+                r0, r1 = max(inst.row_px, top), min(inst.row_px + inst.mask.shape[0], bottom)
+                sub = inst.mask[r0 - inst.row_px : r1 - inst.row_px, : grid.width - inst.col_px]
+                target = strip[r0 - top : r1 - top, inst.col_px : inst.col_px + sub.shape[1]]
+                target[sub] = i + 1
+            window = rasterio.windows.Window(0, top, grid.width, bottom - top)
+            strip[valid_ds.read_masks(1, window=window) == 0] = nodata
+            dst.write(strip, 1, window=window)

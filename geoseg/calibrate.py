@@ -35,7 +35,7 @@ from .errors import GeosegError
 from .gate import Gate, calibrate_rules, gate_open, gate_path
 from .model import GeoModel, SegBlocksModel, load_model
 from .tile import tile_grid
-from .train import TrainConfig, load_config, load_scenes
+from .config import TrainConfig, load_config, load_scenes
 
 _CELLS_PER_TILE = 48
 _BATCH_TILES = 8

@@ -222,6 +222,13 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoseg", description="GeoTIFF scenes in, building masks and footprints out")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run_and_demo, _add_train, _add_evaluate, _add_calibrate, _add_catalog_and_pipeline):
+        add(sub)
+    return parser
+
+
+def _add_run_and_demo(sub) -> None:
+    """``geoseg run`` and ``geoseg demo``: the scene pipeline."""
     run = sub.add_parser("run", help="segment one or more GeoTIFF scenes")
     run.add_argument("scenes", nargs="+", metavar="SCENE", help="GeoTIFF scene(s)")
     _add_run_options(run)
@@ -233,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="--synthetic: random seed")
     _add_run_options(demo)
     demo.set_defaults(func=cmd_demo, out="demo-output")
+
+
+def _add_train(sub) -> None:
+    """``geoseg train``."""
     tr = sub.add_parser("train", help="train a segmentation model from a YAML config")
     tr.add_argument("config", help="training config (YAML), e.g. geoseg/configs/buildings-unet-r18.yaml")
     tr.add_argument("-o", "--out", required=True, help="run folder: checkpoint.pt, best.safetensors + card, history")
@@ -244,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=None, help="torch threads for this run (default: the config's, else all cores)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub) -> None:
+    """``geoseg evaluate``."""
     ev = sub.add_parser("evaluate", help="pixel IoU and SpaceNet F1 of a prediction against reference labels")
     ev.add_argument("prediction", help="a geoseg run output folder (OUT/<scene>) or a class raster")
     ev.add_argument("--reference", required=True, help="reference buildings: vector file (any CRS) or 0/1 raster")
@@ -251,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--building-class", type=int, default=None, help="building value in the prediction raster")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_evaluate)
+
+
+def _add_calibrate(sub) -> None:
+    """``geoseg calibrate``: the BGS gate, or a SegBlocks policy's thresholds."""
     ca = sub.add_parser("calibrate", help="calibrate the BGS-Net bottleneck gate of a model (no retraining); "
                                           "for a SegBlocks model: its policy's threshold for each tau")
     ca.add_argument("--model", default=None, help="model name or NAME.safetensors (default: the default model)")
@@ -274,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ca.add_argument("--quiet", action="store_true")
     ca.set_defaults(func=cmd_calibrate)
+
+
+def _add_catalog_and_pipeline(sub) -> None:
+    """``geoseg catalog build`` and ``geoseg pipeline run``: catalogs and batch jobs."""
     cat = sub.add_parser("catalog", help="STAC catalogs of scenes").add_subparsers(dest="action", required=True)
     cb = cat.add_parser("build", help="a STAC catalog of the GeoTIFFs in a folder")
     cb.add_argument("folder", help="folder of GeoTIFF scenes")
@@ -290,7 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--address", default=None, help="override the cluster: an existing scheduler, tcp://HOST:PORT")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_pipeline_run)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

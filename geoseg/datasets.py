@@ -58,7 +58,7 @@ class LabelledScene:
     pixels: np.ndarray  # float32 (3, h, w) in [0, 1]
     labels: np.ndarray  # uint8 (h, w), IGNORE where unknown
     split: str  # "train" or "val"
-    place: str = ""  # the place it shows (set from its source by geoseg.train.load_scenes)
+    place: str = ""  # the place it shows (set from its source by geoseg.config.load_scenes)
 
     @property
     def labelled_fraction(self) -> float:

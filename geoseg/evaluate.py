@@ -27,13 +27,13 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
-from rasterio.features import shapes
 
 from .datasets import IGNORE, read_on_grid, vector_labels_on_grid
 from .errors import GeosegError
+from .metrics import building_scores
 from .read import Grid
 from .stitch import MASK_NODATA
-from .vectorise import metric_crs
+from .vectorise import label_polygons, metric_crs
 
 VECTOR_SUFFIXES = (".gpkg", ".parquet", ".geojson", ".shp", ".json", ".fgb")
 MATCH_IOU = 0.5
@@ -50,8 +50,7 @@ def read_polygons(path: str | Path) -> gpd.GeoDataFrame:
 
 
 def polygons_from_array(labels: np.ndarray, grid: Grid, value: int) -> gpd.GeoDataFrame:
-    geoms = [shapely.geometry.shape(g) for g, v in shapes(labels.astype(np.uint8), mask=labels == value,
-                                                            transform=grid.transform) if v == value]
+    geoms = label_polygons((labels == value).astype(np.uint8), grid.transform).get(1, [])
     return gpd.GeoDataFrame(geometry=gpd.GeoSeries(geoms, crs=grid.crs))
 
 
@@ -164,9 +163,7 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     known = valid & (truth != IGNORE)
     pred_b, true_b = (classes == building) & known, (truth == 1) & known
     tp, fp, fn = int((pred_b & true_b).sum()), int((pred_b & ~true_b).sum()), int((~pred_b & true_b).sum())
-    pixel = {"building_iou": round(tp / max(tp + fp + fn, 1), 4), "building_precision": round(tp / max(tp + fp, 1), 4),
-             "building_recall": round(tp / max(tp + fn, 1), 4), "pixels": int(known.sum()),
-             "tp_pixels": tp, "fp_pixels": fp, "fn_pixels": fn}
+    pixel = {**building_scores(tp, fp, fn), "pixels": int(known.sum()), "tp_pixels": tp, "fp_pixels": fp, "fn_pixels": fn}
     predicted = read_polygons(vector_path) if vector_path else polygons_from_array(np.where(valid, classes, MASK_NODATA), grid, building)
     # the scene's own CRS if UTM, else an equal-area one centred on it: defined for any scene, also one with no
     # building on either side (estimate_utm_crs of two empty frames raised) and at the poles
@@ -204,7 +201,7 @@ def pool(results: list[dict]) -> dict:
     total = {k: sum(r[k] for r in results) for k in POOLED_COUNTS}
     precision = total["matched"] / max(total["predicted_polygons"], 1)
     recall = total["matched"] / max(total["reference_polygons"], 1)
-    return {"building_iou": round(total["tp_pixels"] / max(total["tp_pixels"] + total["fp_pixels"] + total["fn_pixels"], 1), 4),
+    return {"building_iou": building_scores(total["tp_pixels"], total["fp_pixels"], total["fn_pixels"])["building_iou"],
             "spacenet_precision": round(precision, 4), "spacenet_recall": round(recall, 4),
             "spacenet_f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4), **total}
 

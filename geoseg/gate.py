@@ -172,6 +172,27 @@ def _top_rules(table: list[dict], k: int) -> list[ChannelRule]:
     return [ChannelRule(r["channel"], r["threshold"], r["higher"]) for r in ranked]
 
 
+def _stage2(means: np.ndarray, target: np.ndarray, stage1: list[ChannelRule], first: np.ndarray, sigma: np.ndarray,
+            k2: int, target_recall: float | None, recall_of) -> tuple[list[ChannelRule], float, list]:
+    """Stage 2 (the false-alarm filter) among the tiles stage 1 opens (``first``): its rules, their threshold shift
+    (sigmas) and the channel table they came from; no rules when too few tiles or when they do not improve the
+    gate (J, or the execution rate at the required recall)."""
+    false_alarm, hit = first & ~target, first & target
+    if k2 <= 0 or false_alarm.sum() < 5 or hit.sum() < 5:
+        return [], 0.0, []
+    table2 = channel_table(means[first], false_alarm[first])
+    candidate, shift2 = _top_rules(table2, k2), 0.0
+    if target_recall is not None:
+        # stage-2 rules fire *less* as t grows, so recall grows with t
+        shift2 = _least_shift(lambda t: _shifted(candidate, sigma, -t), lambda s2: recall_of(stage1, s2), target_recall)
+        candidate = _shifted(candidate, sigma, -shift2)
+        better = rates(gate_open(stage1, candidate, means), target)["execution_rate"] < rates(first, target)["execution_rate"] \
+            and recall_of(stage1, candidate) >= target_recall
+    else:
+        better = rates(gate_open(stage1, candidate, means), target)["tpr_minus_fpr"] > rates(first, target)["tpr_minus_fpr"]
+    return (candidate if better else []), shift2, table2
+
+
 def calibrate_rules(means: np.ndarray, target: np.ndarray, k1: int = 10, k2: int = 3,
                     target_recall: float | None = None, groups: np.ndarray | None = None,
                     min_group_targets: int = 10) -> tuple[list[ChannelRule], list[ChannelRule], dict]:
@@ -207,22 +228,7 @@ def calibrate_rules(means: np.ndarray, target: np.ndarray, k1: int = 10, k2: int
         shift1 = _least_shift(lambda t: _shifted(stage1, sigma, t), recall_of, target_recall)
         stage1 = _shifted(stage1, sigma, shift1)
     first = gate_open(stage1, [], means)
-    stage2, shift2, table2 = [], 0.0, []
-    false_alarm, hit = first & ~target, first & target
-    if k2 > 0 and false_alarm.sum() >= 5 and hit.sum() >= 5:
-        subset = first
-        table2 = channel_table(means[subset], false_alarm[subset])
-        candidate = _top_rules(table2, k2)
-        if target_recall is not None:
-            # stage-2 rules fire *less* as t grows, so recall grows with t
-            shift2 = _least_shift(lambda t: _shifted(candidate, sigma, -t), lambda s2: recall_of(stage1, s2),
-                                  target_recall)
-            candidate = _shifted(candidate, sigma, -shift2)
-            better = rates(gate_open(stage1, candidate, means), target)["execution_rate"] < rates(first, target)["execution_rate"] \
-                and recall_of(stage1, candidate) >= target_recall
-        else:
-            better = rates(gate_open(stage1, candidate, means), target)["tpr_minus_fpr"] > rates(first, target)["tpr_minus_fpr"]
-        stage2 = candidate if better else []
+    stage2, shift2, table2 = _stage2(means, target, stage1, first, sigma, k2, target_recall, recall_of)
     report = {
         "tiles": int(len(target)), "target_tiles": int(target.sum()),
         "mode": "youden" if target_recall is None else f"target_recall {target_recall}"

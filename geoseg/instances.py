@@ -1,4 +1,5 @@
-"""Building instances: from labelled rasters (training targets) and from Mask R-CNN outputs (semantic view).
+"""Building instances: from labelled rasters (training targets), and from Mask R-CNN outputs (each tile's
+:class:`Instance` list, and their semantic view).
 
 Training targets come from the same labels as the semantic models: 4-connected components of the building
 class are the instances, kept apart by the separator class (the line where touching buildings meet); each
@@ -8,11 +9,24 @@ under ``min_pixels`` are dropped (fragments cut by the crop border stay if large
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy import ndimage
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+@dataclass
+class Instance:
+    """One detection in tile pixels: the top-left (row, col) of ``mask``, a bool array cropped to the instance's
+    bounding box (its first/last rows and columns hold mask pixels), and its score."""
+
+    row_px: int
+    col_px: int
+    mask: np.ndarray
+    score: float
 
 
 def instances_from_labels(labels: np.ndarray, building_class: int, separator_class: int | None,
@@ -57,3 +71,17 @@ def semantic_logits(detections: list[dict], n_classes: int, building_class: int,
         planes[0], planes[building_class] = 1 - p, p
         out.append(torch.stack(planes).log())
     return torch.stack(out)
+
+
+def tile_instances(detection: dict, h: int, w: int, score_threshold: float) -> list[Instance]:
+    """Instances of one tile (masks > 0.5, inside the unpadded h x w tile, cropped to their boxes)."""
+    keep = detection["scores"] >= score_threshold
+    masks = (detection["masks"][keep, 0, :h, :w] > 0.5).cpu().numpy()  # one copy for the tile, not one per mask
+    out = []
+    for binary, score in zip(masks, detection["scores"][keep].tolist()):
+        rows, cols = np.nonzero(binary.any(1))[0], np.nonzero(binary.any(0))[0]
+        if not len(rows):
+            continue
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        out.append(Instance(int(r0), int(c0), binary[r0:r1, c0:c1], score))
+    return out

@@ -37,7 +37,7 @@ from .options import RunOptions
 from .read import is_local_crs, open_scene
 from .summary import RunSummary, scene_summary
 from .tasks import SceneWork, predict_batch, process_chunk, with_rss
-from .tile import tile_grid
+from .tile import owned_areas, tile_grid
 from .vectorise import scene_metric_crs
 from .write import discard, publish, scene_folder_names
 
@@ -162,9 +162,7 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
     gsd_m = opened.facts["grid_gsd_m"]
     owned = None
     if yields_instances(card.architecture):
-        from .merge_instances import ownership
-
-        owned = ownership(tiles, grid.height, grid.width)
+        owned = owned_areas(tiles, grid.height, grid.width)
     published = card.classes if card.separator_class is None else card.classes[:card.separator_class]
     work = SceneWork(
         grid=grid, staging=str(staging), n_classes=len(card.classes), building_class=card.building_class,

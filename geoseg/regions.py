@@ -24,8 +24,7 @@ from rasterio.windows import Window
 
 from .datasets import chips_of_distinct_ground, chips_sharing_no_ground
 from .evaluate import write_labelled_region
-from .train import (ChipsSource, DubaiSource, GeotiffSource, ImageMaskSource, XYZSource, load_config, load_scenes,
-                    source_place)
+from .config import ChipsSource, DubaiSource, GeotiffSource, ImageMaskSource, XYZSource, load_config, load_scenes, source_place
 
 
 def validation_regions(config_path: str, out: Path, split: str = "val", place: str | None = None

@@ -37,7 +37,7 @@ class TilePrediction:
     tile: Tile
     probabilities: np.ndarray | None  # float16 (C, h, w)
     valid: np.ndarray  # bool (h, w)
-    instances: list | None = None  # instance backends: geoseg.merge_instances.Instance in tile pixels
+    instances: list | None = None  # instance backends: geoseg.instances.Instance in tile pixels
 
 
 @dataclass

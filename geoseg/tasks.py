@@ -71,7 +71,7 @@ class SceneWork:
     separator_threshold: float = 0.5
     separator_dilate_px: int = 0
     shaping: dict = field(default_factory=dict)
-    #: instance models: (row_off, col_off) of each tile -> the scene pixels it owns (geoseg.merge_instances)
+    #: instance models: (row_off, col_off) of each tile -> the scene pixels it owns (geoseg.tile.owned_areas)
     owned: dict | None = None
 
 
@@ -162,8 +162,8 @@ def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:
 
 
 def _owned_instances(work: SceneWork, chunk: Chunk, predictions: list[TilePrediction]) -> int:
-    """Instances kept by their tile (geoseg.merge_instances) whose box centre lies in this core, in grid px."""
-    from .merge_instances import Instance
+    """Instances kept by their tile (geoseg.tile.owned_areas) whose box centre lies in this core, in grid px."""
+    from .instances import Instance
 
     kept = []
     for p in predictions:

@@ -12,219 +12,24 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from .atomic import atomic_path
-from .architectures import ARCHITECTURES, architecture, size_multiple_px
+from .architectures import architecture, size_multiple_px
 from .card import ModelCard
-from .datasets import (IGNORE, LabelledScene, chips_source, dubai_source, geotiff_source, image_mask_source,
-                       negatives_source, xyz_source)
+from .config import TrainConfig, load_config, load_scenes
+from .datasets import IGNORE, LabelledScene
+from .metrics import confusion, fold_separator, metrics_from_confusion
 from .augment import sensor_augment
 from .errors import GeosegError
 from .losses import GateProbe, training_loss
 from .model import GeoModel, build_model, init_weights_from, save_model, use_bf16
-from .yamlfile import Strict, load_yaml
-
-
-class SourceBase(Strict):
-    #: the place the source shows (leave-one-place-out studies leave out every source of a place); default: the
-    #: folder under buildings/ or landcover/ its first path names
-    place: str | None = None
-
-
-class GeotiffSource(SourceBase):
-    kind: Literal["geotiff"]
-    image: str
-    labels: str | None = None
-    mask: str | None = None
-    val_fraction: float = Field(0.2, ge=0, lt=1)
-    gap_px: int = Field(64, ge=0)
-    split: Literal["train", "val"] | None = None  # the whole scene to one split (val_fraction then unused)
-
-
-class ChipsSource(SourceBase):
-    kind: Literal["chips"]
-    images: str
-    masks: str
-    split: Literal["train", "val"] = "train"
-    exclude_overlap_with: str | None = None
-    labels: str | None = None
-    distinct_ground: bool = False  # the same ground at several zoom levels counted once
-
-
-class DubaiSource(SourceBase):
-    kind: Literal["dubai"]
-    root: str
-    assumed_gsd_m: float = Field(gt=0)
-    val_tiles: list[str] = []
-    buildings_only: bool = False  # Building -> building, other labelled classes -> background
-
-
-class ImageMaskSource(SourceBase):
-    kind: Literal["image_mask"]
-    image: str
-    mask: str
-    native_gsd_m: float = Field(gt=0)
-    split: Literal["train", "val"] = "train"
-    val_fraction: float = Field(0.0, ge=0, lt=1)
-    gap_px: int = Field(64, ge=0)
-
-
-class XYZSource(SourceBase):
-    kind: Literal["xyz"]
-    tiles_csv: str
-    zoom: int = Field(ge=0, le=24)
-    labels: str
-    split: Literal["train", "val"] = "train"
-    val_fraction: float = Field(0.0, ge=0, lt=1)
-    gap_px: int = Field(64, ge=0)
-
-
-class NegativesSource(SourceBase):
-    kind: Literal["negatives"]
-    images: str  # a folder of GeoTIFFs without buildings
-
-
-Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource, ImageMaskSource, XYZSource, NegativesSource],
-                   Field(discriminator="kind")]
-
-
-def source_place(src: SourceBase) -> str:
-    """The place a source shows: its ``place``, else the folder after buildings/ or landcover/ in its first path."""
-    if src.place:
-        return src.place
-    first = next(v for k, v in src.model_dump().items() if isinstance(v, str) and k not in ("kind", "split"))
-    parts = Path(first).parts
-    return parts[1] if len(parts) > 1 and parts[0] in ("buildings", "landcover", "negatives") else parts[0]
-
-
-class GateAux(Strict):
-    """Train the bottleneck for the BGS-Net gate (:class:`geoseg.losses.GateProbe`): its first ``channels``
-    channel means each learn "crop holds buildings", with this loss ``weight`` beside the segmentation loss."""
-
-    weight: float = Field(0.1, gt=0)
-    channels: int = Field(8, ge=1)
-    target_fraction: float = Field(0.005, gt=0, lt=1)  # as the gate's calibration (geoseg calibrate)
-    lr_multiplier: float = Field(10.0, gt=0)  # the probes' scales and biases start far from their values
-
-
-class TrainConfig(Strict):
-    @field_validator("architecture")
-    @classmethod
-    def _known_architecture(cls, name: str) -> str:
-        if name not in ARCHITECTURES:
-            raise ValueError(f"unknown {name!r}; choose from {', '.join(ARCHITECTURES)}")
-        return name
-
-    name: str
-    architecture: str = "unet"  # a row of geoseg.architectures.ARCHITECTURES
-    encoder: str = "resnet18"  # U-Net, SegBlocks and Mask R-CNN only
-    block_px: int = Field(0, ge=0)  # SegBlocks only: block side; crop_px must be a multiple
-    tau: float = Field(0.4, gt=0, le=1)  # SegBlocks only: target fraction of high-resolution blocks
-    policy_lr: float | None = Field(None, gt=0)  # SegBlocks only: the policy net's learning rate (default: lr)
-    classes: list[str] = Field(min_length=2)
-    building_class: int = Field(ge=0)
-    separator_class: int | None = Field(None, ge=0)
-    gsd_m: float = Field(0.3, gt=0)
-    data_root: str = "."  # relative to the config file
-    sources: list[Source] = Field(min_length=1)
-    crop_px: int = Field(256, ge=64, multiple_of=32)
-    batch_size: int = Field(8, ge=2)
-    epochs: int = Field(30, ge=1)
-    steps_per_epoch: int = Field(100, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    seed: int = 0
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    threads: int | None = None
-    select_metric: Literal["building_iou", "mean_iou", "place_mean_building_iou"] = "building_iou"  # picks best epoch
-    #: how crops pick a scene: "pixels" (in proportion to labelled pixels) or "places" (each place equally often,
-    #: then in proportion to pixels within it: 184 Mpx of Dubai would otherwise take 95 % of the crops)
-    sampling: Literal["pixels", "places"] = "pixels"
-    #: "basic": per-band gain/bias/gamma and some greyscale; "sensors": also hue, saturation, blur/sharpen, noise,
-    #: JPEG (geoseg.augment)
-    augment: Literal["basic", "sensors"] = "basic"
-    init_from: str | None = None  # weights to fine-tune from (a shipped name or a path relative to the config)
-    gate_aux: GateAux | None = None  # encoder-decoder models: train the bottleneck for the gate (beyond BGS-Net)
-    licence: str = ""
-    attribution: str = ""
-
-    @property
-    def building_classes(self) -> list[int]:
-        """Label values that are building: the building class and the separator (the line between buildings)."""
-        return [self.building_class] + ([self.separator_class] if self.separator_class is not None else [])
-
-
-def load_config(path: str | os.PathLike) -> tuple[TrainConfig, Path]:
-    """Parse and validate a YAML training config; errors name the field path. Returns (config, data root).
-
-    A config may start from another: ``base: other.yaml`` (relative to the file, one level) takes every field
-    of that file, and the fields written here replace the base's (lists and mappings whole). Relative paths
-    taken from the base (``data_root``, ``init_from``) are read from *this* file's folder: keep a variant beside
-    its base, or write them here."""
-    path = Path(path)
-    config = load_yaml(path, TrainConfig, "config", edit=lambda raw: _with_base(raw, path))
-    if config.building_class >= len(config.classes):
-        raise GeosegError(f"{path}: building_class: {config.building_class} is not an index into classes")
-    if architecture(config.architecture).blocks and (config.block_px < 64 or config.crop_px % config.block_px):
-        raise GeosegError(f"{path}: block_px: SegBlocks needs block_px >= 64 dividing crop_px ({config.crop_px})")
-    if config.separator_class is not None and config.separator_class != len(config.classes) - 1:
-        raise GeosegError(f"{path}: separator_class: must be the last class ({len(config.classes) - 1})")
-    return config, (path.parent / config.data_root).resolve()
-
-
-def _with_base(raw: dict, path: Path) -> None:
-    base = raw.pop("base", None)
-    if base is None:
-        return
-    base_path = path.parent / str(base)
-    if not base_path.is_file():
-        raise GeosegError(f"{path}: base: no such config file {base_path}")
-    import yaml
-
-    fields = yaml.safe_load(base_path.read_text()) or {}
-    if not isinstance(fields, dict) or "base" in fields:
-        raise GeosegError(f"{path}: base: {base_path.name} must be a plain config (no base of its own)")
-    for key, value in fields.items():
-        raw.setdefault(key, value)
-
-
-def load_scenes(config: TrainConfig, root: Path) -> list[LabelledScene]:
-    scenes: list[LabelledScene] = []
-    for src in config.sources:
-        loaded = _load_source(src, config, root)
-        for scene in loaded:
-            scene.place = source_place(src)
-        scenes += loaded
-    return scenes
-
-
-def _load_source(src: SourceBase, config: TrainConfig, root: Path) -> list[LabelledScene]:
-    at = lambda p: str(root / p) if p else None  # noqa: E731
-    if isinstance(src, GeotiffSource):
-        return geotiff_source(at(src.image), config.gsd_m, labels=at(src.labels), mask=at(src.mask),
-                              val_fraction=src.val_fraction, gap_px=src.gap_px, separator_class=config.separator_class,
-                              split=src.split)
-    if isinstance(src, ChipsSource):
-        return chips_source(at(src.images), at(src.masks), config.gsd_m, split=src.split,
-                            exclude_overlap_with=at(src.exclude_overlap_with), labels=at(src.labels),
-                            separator_class=config.separator_class, distinct_ground=src.distinct_ground)
-    if isinstance(src, ImageMaskSource):
-        return image_mask_source(at(src.image), at(src.mask), config.gsd_m, src.native_gsd_m, split=src.split,
-                                 val_fraction=src.val_fraction, gap_px=src.gap_px)
-    if isinstance(src, XYZSource):
-        return xyz_source(at(src.tiles_csv), src.zoom, at(src.labels), config.gsd_m, split=src.split,
-                          val_fraction=src.val_fraction, gap_px=src.gap_px, separator_class=config.separator_class)
-    if isinstance(src, NegativesSource):
-        return negatives_source(at(src.images), config.gsd_m)
-    return dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles, src.buildings_only)
 
 
 class CropSampler:
@@ -289,37 +94,6 @@ def predict_scene(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_px: in
     return out
 
 
-def confusion(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
-    known = target != IGNORE
-    return np.bincount(target[known].astype(np.int64) * n_classes + pred[known], minlength=n_classes**2).reshape(n_classes, n_classes)
-
-
-def metrics_from_confusion(matrix: np.ndarray, classes: list[str], building_class: int) -> dict:
-    """Per-class IoU, mean IoU, and building IoU / precision / recall from a (true, predicted) confusion matrix."""
-    tp = np.diag(matrix).astype(float)
-    fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
-    iou = tp / np.maximum(tp + fp + fn, 1)
-    b = building_class
-    return {
-        "building_iou": round(float(iou[b]), 4),
-        "building_precision": round(float(tp[b] / max(tp[b] + fp[b], 1)), 4),
-        "building_recall": round(float(tp[b] / max(tp[b] + fn[b], 1)), 4),
-        "mean_iou": round(float(iou.mean()), 4),
-        "class_iou": {name: round(float(v), 4) for name, v in zip(classes, iou)},
-        "pixels": int(matrix.sum()),
-    }
-
-
-def fold_separator(matrix: np.ndarray, building_class: int, separator_class: int | None) -> np.ndarray:
-    """A confusion matrix with the separator class counted as building (the published mask's classes)."""
-    if separator_class is None:
-        return matrix
-    m = matrix.copy()
-    m[building_class] += m[separator_class]
-    m[:, building_class] += m[:, separator_class]
-    return np.delete(np.delete(m, separator_class, 0), separator_class, 1)
-
-
 def validate(net: GeoModel, scenes: list[LabelledScene], autocast: bool) -> tuple[dict, dict]:
     """Metrics over all validation scenes pooled, and per scene (so a test can re-check a card on one slice).
     Building metrics count the separator class as building; its own IoU is reported as ``separator_iou``. The
@@ -356,6 +130,25 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+@dataclass
+class Training:
+    """Everything one training run holds between epochs (what ``checkpoint.pt`` saves, and what it is built from)."""
+
+    config: TrainConfig
+    config_path: str
+    card: ModelCard
+    net: GeoModel
+    optimiser: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    probe: GateProbe | None
+    rng: np.random.Generator
+    train_scenes: list[LabelledScene]
+    val_scenes: list[LabelledScene]
+    autocast: bool
+    init: dict | None = None
+    state: dict = field(default_factory=lambda: {"epoch": 0, "history": [], "best": None, "seconds": 0.0})
+
+
 def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
           data_root: str | None = None, seed: int | None = None, progress: bool = True,
           stop_after_epochs: int | None = None, threads: int | None = None, epochs: int | None = None) -> dict:
@@ -367,10 +160,8 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     ``seed`` and ``epochs`` override the config's (recorded in the card like every config value).
     """
     config, root = load_config(config_path)
-    if seed is not None:
-        config.seed = seed
-    if epochs is not None:
-        config.epochs = epochs
+    config.seed = config.seed if seed is None else seed
+    config.epochs = config.epochs if epochs is None else epochs
     root = Path(data_root).resolve() if data_root else root
     if not root.is_dir():
         raise GeosegError(f"data_root {root} does not exist")
@@ -378,13 +169,27 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     torch.set_num_threads(threads or config.threads or os.cpu_count() or 1)
+    run = build_training(config, str(config_path), root)
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        resume_training(run, checkpoint)
+    sampler = CropSampler(run.train_scenes, config.crop_px, run.rng, by_place=config.sampling == "places",
+                          sensors=config.augment == "sensors")
+    last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, run.state["epoch"] + stop_after_epochs)
+    for epoch in range(run.state["epoch"], last_epoch):
+        per_scene = run_epoch(run, sampler, epoch, progress)
+        end_epoch(run, out, epoch, per_scene)
+    return run.state["best"]
+
+
+def build_training(config: TrainConfig, config_path: str, root: Path) -> Training:
+    """Scenes, card, model (and its starting weights), optimiser with its groups, schedule and gate probe."""
     rng = np.random.default_rng(config.seed)
     scenes = load_scenes(config, root)
     train_scenes = [s for s in scenes if s.split == "train"]
     val_scenes = [s for s in scenes if s.split == "val"]
     if not train_scenes or not val_scenes:
         raise GeosegError("the sources give no training or no validation scenes: check splits and val_fraction")
-    autocast = use_bf16(config.precision)
     row = architecture(config.architecture)
     card = ModelCard(name=config.name, architecture=config.architecture, encoder=config.encoder if row.encoder else "",
                      classes=config.classes, block_px=config.block_px, tau=config.tau,
@@ -400,77 +205,91 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
         start = net.init_backbone_from if hasattr(net, "init_backbone_from") else lambda p: init_weights_from(net, p)
         init = {"weights": config.init_from, "sha256": start(source)}
     net = net.to(memory_format=torch.channels_last)
+    groups, probe = _parameter_groups(config, config_path, net, row.gate)
+    optimiser = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups],
+                                                   total_steps=config.epochs * config.steps_per_epoch, pct_start=0.05)
+    return Training(config, config_path, card, net, optimiser, schedule, probe, rng, train_scenes, val_scenes,
+                    use_bf16(config.precision), init)
+
+
+def _parameter_groups(config: TrainConfig, config_path: str, net: GeoModel, gated: bool) -> tuple[list[dict], GateProbe | None]:
+    """The network's parameters at ``lr``; a SegBlocks policy at its own rate (trained from scratch next to a
+    fine-tuned network); with ``gate_aux``, the bottleneck probes at ``lr x lr_multiplier``, without decay."""
     policy = list(net.policy.parameters()) if hasattr(net, "policy") else []
     in_policy = {id(p) for p in policy}
     groups = [{"params": [p for p in net.parameters() if id(p) not in in_policy], "lr": config.lr}]
-    if policy:  # trained from scratch next to a fine-tuned network: its own learning rate
+    if policy:
         groups.append({"params": policy, "lr": config.policy_lr or config.lr})
     probe = None
     if config.gate_aux is not None:
-        if not row.gate:  # no encode -> gate -> decode
+        if not gated:  # no encode -> gate -> decode
             raise GeosegError(f"{config_path}: gate_aux: only encoder-decoder models have a gate to train for")
         aux = config.gate_aux
         probe = GateProbe(aux.channels, aux.weight, aux.target_fraction, config.building_classes)
         groups.append({"params": list(probe.parameters()), "lr": config.lr * aux.lr_multiplier, "weight_decay": 0.0})
-    optimiser = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    total_steps = config.epochs * config.steps_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups], total_steps=total_steps,
-                                                   pct_start=0.05)
-    state = {"epoch": 0, "history": [], "best": None, "seconds": 0.0}
-    checkpoint = out / "checkpoint.pt"
-    if resume and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)
-        net.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        schedule.load_state_dict(saved["schedule"])
-        if probe is not None:
-            probe.load_state_dict(saved["gate_probe"])
-        rng.bit_generator.state = saved["rng"]
-        torch.set_rng_state(saved["torch_rng"])
-        state = saved["state"]
-    sampler = CropSampler(train_scenes, config.crop_px, rng, by_place=config.sampling == "places",
-                          sensors=config.augment == "sensors")
-    data_summary = {"train": {s.name: list(s.labels.shape) for s in train_scenes},
-                    "val": {s.name: list(s.labels.shape) for s in val_scenes}}
-    last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, state["epoch"] + stop_after_epochs)
-    for epoch in range(state["epoch"], last_epoch):
-        started = time.perf_counter()
-        net.train()
-        losses, logged = [], {}
-        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                   file=sys.stderr, leave=False)
-        for _ in bar:
-            x, y = sampler.batch(config.batch_size)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss, figures = training_loss(net, net.prepare(x), y, probe)
-            for key, value in figures.items():
-                logged.setdefault(key, []).append(value)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        metrics, per_scene = validate(net, val_scenes, autocast)
-        state["seconds"] += time.perf_counter() - started
-        entry = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 4),
-                 **{key: round(float(np.mean(v)), 4) for key, v in logged.items()}, **metrics,
-                 "seconds": round(state["seconds"], 1)}
-        state["history"].append(entry)
-        print(json.dumps({k: v for k, v in entry.items() if k != "class_iou"}), file=sys.stderr, flush=True)
-        if state["best"] is None or metrics[config.select_metric] > state["best"][config.select_metric]:
-            state["best"] = entry
-            card.trained = True
-            card.metrics = {"validation": entry, "validation_per_scene": per_scene}
-            card.training = {"config": str(config_path), "config_values": json.loads(config.model_dump_json()),
-                             "epochs_run": epoch + 1, "seconds": round(state["seconds"], 1), "bf16_autocast": autocast,
-                             "torch": torch.__version__, "data": data_summary,
-                             **({"init_from": init} if init else {})}
-            save_model(net, out / "best.safetensors")
-        state["epoch"] = epoch + 1
-        _save_checkpoint(checkpoint, {"model": net.state_dict(), "optimiser": optimiser.state_dict(),
-                                      "schedule": schedule.state_dict(), "rng": rng.bit_generator.state,
-                                      "torch_rng": torch.get_rng_state(), "state": state,
-                                      **({"gate_probe": probe.state_dict()} if probe is not None else {})})
-        (out / "history.json").write_text(json.dumps(state["history"], indent=2))
-    return state["best"]
+    return groups, probe
+
+
+def resume_training(run: Training, checkpoint: Path) -> None:
+    saved = torch.load(checkpoint, weights_only=True)
+    run.net.load_state_dict(saved["model"])
+    run.optimiser.load_state_dict(saved["optimiser"])
+    run.schedule.load_state_dict(saved["schedule"])
+    if run.probe is not None:
+        run.probe.load_state_dict(saved["gate_probe"])
+    run.rng.bit_generator.state = saved["rng"]
+    torch.set_rng_state(saved["torch_rng"])
+    run.state = saved["state"]
+
+
+def run_epoch(run: Training, sampler: CropSampler, epoch: int, progress: bool) -> dict:
+    """One epoch of ``steps_per_epoch`` batches, then validation: its entry is appended to the history, and the
+    validation metrics per scene are returned."""
+    config, started = run.config, time.perf_counter()
+    run.net.train()
+    losses, logged = [], {}
+    bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+               file=sys.stderr, leave=False)
+    for _ in bar:
+        x, y = sampler.batch(config.batch_size)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.autocast):
+            loss, figures = training_loss(run.net, run.net.prepare(x), y, run.probe)
+        for key, value in figures.items():
+            logged.setdefault(key, []).append(value)
+        run.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimiser.step()
+        run.schedule.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    metrics, per_scene = validate(run.net, run.val_scenes, run.autocast)
+    run.state["seconds"] += time.perf_counter() - started
+    entry = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 4),
+             **{key: round(float(np.mean(v)), 4) for key, v in logged.items()}, **metrics,
+             "seconds": round(run.state["seconds"], 1)}
+    run.state["history"].append(entry)
+    print(json.dumps({k: v for k, v in entry.items() if k != "class_iou"}), file=sys.stderr, flush=True)
+    return per_scene
+
+
+def end_epoch(run: Training, out: Path, epoch: int, per_scene: dict) -> None:
+    """Keep the model if this epoch is the best so far (weights + card), then checkpoint and history."""
+    config, entry = run.config, run.state["history"][-1]
+    if run.state["best"] is None or entry[config.select_metric] > run.state["best"][config.select_metric]:
+        run.state["best"] = entry
+        run.card.trained = True
+        run.card.metrics = {"validation": entry, "validation_per_scene": per_scene}
+        run.card.training = {"config": run.config_path, "config_values": json.loads(config.model_dump_json()),
+                             "epochs_run": epoch + 1, "seconds": round(run.state["seconds"], 1),
+                             "bf16_autocast": run.autocast, "torch": torch.__version__,
+                             "data": {"train": {s.name: list(s.labels.shape) for s in run.train_scenes},
+                                      "val": {s.name: list(s.labels.shape) for s in run.val_scenes}},
+                             **({"init_from": run.init} if run.init else {})}
+        save_model(run.net, out / "best.safetensors")
+    run.state["epoch"] = epoch + 1
+    _save_checkpoint(out / "checkpoint.pt", {
+        "model": run.net.state_dict(), "optimiser": run.optimiser.state_dict(), "schedule": run.schedule.state_dict(),
+        "rng": run.rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "state": run.state,
+        **({"gate_probe": run.probe.state_dict()} if run.probe is not None else {})})
+    (out / "history.json").write_text(json.dumps(run.state["history"], indent=2))

@@ -57,14 +57,20 @@ class Piece:
     window: int | None = None  # index of the window it came from (None: unknown, may merge with anything)
 
 
+def label_polygons(labels: np.ndarray, transform: Affine) -> dict[int, list[shapely.Polygon]]:
+    """Polygons of each positive label of an integer raster (4-connected, exact pixel edges), mapped by
+    ``transform``: the one place geoseg turns pixels into polygons. A label in several parts has several."""
+    polygons: dict[int, list] = {}
+    for geom, value in shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform):
+        polygons.setdefault(int(value), []).append(shape(geom))
+    return polygons
+
+
 def _window_pieces(labels: np.ndarray, count: int, prob: np.ndarray, window: Window, index: int) -> dict[int, Piece]:
     """Pieces of one labelled window, keyed by label."""
     sums = ndimage.sum_labels(prob, labels, index=np.arange(1, count + 1))
     pixels = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    offset = Affine.translation(window.col_off, window.row_off)
-    polygons: dict[int, list] = {}
-    for geom, value in shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=offset):
-        polygons.setdefault(int(value), []).append(shape(geom))
+    polygons = label_polygons(labels, Affine.translation(window.col_off, window.row_off))
     return {
         label: Piece(shapely.union_all(polys) if len(polys) > 1 else polys[0], float(sums[label - 1]),
                      int(pixels[label - 1]), index)
@@ -260,6 +266,19 @@ def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, min_area_m2: 
         columns |= {"top_px": [int(piece_order(p)[0]) for p in pieces], "left_px": [int(piece_order(p)[1]) for p in pieces]}
     return georeference([p.polygon for p in pieces], columns, grid, gsd_m, min_area_m2, simplify_m, metric=metric,
                         **shaping)[0]
+
+
+def instances_to_frame(instances: list, grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
+                       simplify_m: float = 0.0, **shaping) -> tuple[gpd.GeoDataFrame, list]:
+    """Instances (:class:`geoseg.instances.Instance` in grid pixels) georeferenced as :func:`pieces_to_frame`
+    does pieces: the largest part of each mask as its polygon, ``id``, ``score`` (0-1), ``area_m2``; ids 1..n in
+    order of each instance's top-left pixel. Also returns the instances kept, in id order (id = position + 1)."""
+    ordered = sorted(instances, key=lambda i: (i.row_px, i.col_px, -i.score))
+    polygons = [max(label_polygons(inst.mask.astype(np.uint8), Affine.translation(inst.col_px, inst.row_px))[1],
+                    key=lambda p: p.area) for inst in ordered]
+    frame, keep = georeference(polygons, {"score": [round(i.score, 4) for i in ordered]}, grid, gsd_m, min_area_m2,
+                               simplify_m, **shaping)
+    return frame, [inst for inst, k in zip(ordered, keep) if k]
 
 
 def piece_order(piece: Piece) -> tuple[float, float]:

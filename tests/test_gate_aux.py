@@ -12,7 +12,8 @@ from geoseg.calibrate import false_alarms_by_group, scene_tiles
 from geoseg.datasets import IGNORE, LabelledScene
 from geoseg.errors import GeosegError
 from geoseg.losses import GateProbe
-from geoseg.train import load_config, train
+from geoseg.config import load_config
+from geoseg.train import train
 
 from conftest import SHARED_DATA, needs_shared_data
 from test_train import tiny_config

@@ -14,7 +14,7 @@ from geoseg.datasets import IGNORE, LabelledScene
 from conftest import needs_shared_data
 from geoseg.evaluate import write_labelled_region
 from geoseg.regions import validation_regions
-from geoseg.train import load_config, source_place
+from geoseg.config import load_config, source_place
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("lopo", ROOT / "benchmarks" / "leave_one_place_out.py")

@@ -107,7 +107,7 @@ class RectangleOracle:
         from scipy import ndimage
 
         from geoseg.backends import BatchPrediction
-        from geoseg.merge_instances import Instance
+        from geoseg.instances import Instance
 
         instances, probabilities = [], []
         for tile in pixels:
@@ -208,7 +208,8 @@ def test_instance_raster_is_the_same_written_in_one_strip_or_many(tmp_path):
     from affine import Affine
     from rasterio.crs import CRS
 
-    from geoseg.merge_instances import Instance, write_instance_raster
+    from geoseg.assemble import write_instance_raster
+    from geoseg.instances import Instance
     from geoseg.read import Grid
 
     from conftest import write_scene

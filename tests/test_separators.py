@@ -11,7 +11,7 @@ from geoseg.card import ModelCard
 from geoseg.datasets import building_labels, separators
 from geoseg.pipeline import run_scene
 from geoseg.read import Grid
-from geoseg.train import fold_separator
+from geoseg.metrics import fold_separator
 from geoseg.vectorise import building_pieces
 
 from conftest import write_scene

@@ -9,7 +9,8 @@ import pytest
 from geoseg.card import ModelCard
 from geoseg.model import load_model
 from geoseg.model import bf16_is_fast
-from geoseg.train import TrainConfig, load_scenes, validate
+from geoseg.config import TrainConfig, load_scenes
+from geoseg.train import validate
 
 from conftest import SHARED_DATA, needs_shared_data
 

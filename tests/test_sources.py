@@ -15,7 +15,7 @@ from pyproj import Transformer
 from geoseg.datasets import (DUBAI_COLOURS, IGNORE, chips_source, dubai_labels, image_mask_source, negatives_source,
                              tile_groups, xyz_source, xyz_tile_bounds)
 from geoseg.errors import GeosegError
-from geoseg.train import TrainConfig, source_place
+from geoseg.config import TrainConfig, source_place
 
 from conftest import SHARED_DATA, needs_shared_data
 

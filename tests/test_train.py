@@ -7,7 +7,8 @@ import yaml
 
 from geoseg.errors import GeosegError
 from geoseg.model import load_model
-from geoseg.train import load_config, train
+from geoseg.config import load_config
+from geoseg.train import train
 
 from conftest import SHARED_DATA, needs_shared_data
 

@@ -40,7 +40,7 @@ class BatchPrediction:
     probabilities: np.ndarray  # float16 (or float32) (N, C, H, W), summing to 1 over C
     decoded: int  # how many of the N tiles went through the decoder
     counters: dict[str, int] = field(default_factory=dict)  # backend-specific counts, summed over the scene
-    instances: list | None = None  # instance backends: per tile, a list of geoseg.merge_instances.Instance
+    instances: list | None = None  # instance backends: per tile, a list of geoseg.instances.Instance
 
 
 class Backend(Protocol):

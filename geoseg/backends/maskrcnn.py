@@ -3,15 +3,14 @@
 Besides per-class probabilities (the instances' semantic view, so mask.tif and probability.tif are written as
 for every backend), each prediction carries the tile's instances scoring at least the card's
 ``instance_score_threshold``: the mask thresholded at 0.5 and cropped to its box. The pipeline keeps each
-building once across tiles (:mod:`geoseg.merge_instances`)."""
+building once across tiles (:func:`geoseg.tile.owned_areas`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..instances import semantic_logits
-from ..merge_instances import Instance
+from ..instances import semantic_logits, tile_instances
 from . import BatchPrediction, check_score_threshold
 from .unet import ArchitectureBackend
 
@@ -37,18 +36,3 @@ class InstanceBackend(ArchitectureBackend):
         instances = [tile_instances(d, h, w, card.instance_score_threshold) for d in detections]
         return BatchPrediction(self.to_numpy(probabilities, h, w), decoded=len(pixels), instances=instances,
                                counters={"instances_detected": sum(len(i) for i in instances)})
-
-
-def tile_instances(detection: dict, h: int, w: int, score_threshold: float) -> list[Instance]:
-    """Instances of one tile (masks > 0.5, inside the unpadded h x w tile, cropped to their boxes)."""
-    keep = detection["scores"] >= score_threshold
-    masks = (detection["masks"][keep, 0, :h, :w] > 0.5).cpu().numpy()  # one copy for the tile, not one per mask
-    out = []
-    for binary, score in zip(masks, detection["scores"][keep].tolist()):
-        rows, cols = np.nonzero(binary.any(1))[0], np.nonzero(binary.any(0))[0]
-        if not len(rows):
-            continue
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        out.append(Instance(int(r0), int(c0), binary[r0:r1, c0:c1], score))
-    return out
-
