@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,11 +23,37 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gate import DATA, dubai_scenes, run  # noqa: E402
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 from geoseg.demo import generate_scene  # noqa: E402
 from geoseg.model import load_model  # noqa: E402
+
+
+def dubai_scenes(out: Path) -> list[Path]:
+    """Dubai tile_3 JPEGs as GeoTIFFs (UTM 40N, 0.5 m, an arbitrary origin per image)."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    from PIL import Image
+
+    paths = []
+    for i, jpg in enumerate(sorted((DATA / "landcover" / "dubai" / "tile_3" / "images").glob("*.jpg"))):
+        rgb = np.moveaxis(np.asarray(Image.open(jpg).convert("RGB")), -1, 0)
+        path = out / "scenes" / f"dubai_tile3_{jpg.stem}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(path, "w", driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=3, dtype="uint8",
+                           crs="EPSG:32640", transform=Affine(0.5, 0, 300_000 + 5_000 * i, 0, -0.5, 2_800_000)) as dst:
+            dst.write(rgb)
+        paths.append(path)
+    return paths
+
+
+def run(scenes: list[Path], out: Path, model: str, backend: str) -> dict[str, dict]:
+    """``geoseg run`` of all scenes in one process; each scene's summary."""
+    cmd = [sys.executable, "-m", "geoseg.cli", "run", *map(str, scenes), "-o", str(out), "--model", model,
+           "--backend", backend, "--quiet", "--formats", "gpkg"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return {s.stem: json.loads((out / s.stem / "summary.json").read_text()) for s in scenes}
 
 
 def model_figures(model: str, tile_px: int = 512, repeats: int = 3) -> dict:
