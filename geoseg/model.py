@@ -22,6 +22,7 @@ from .architectures import architecture, import_named
 from .atomic import atomic_path
 from .card import ModelCard, file_sha256, resolve_model_path
 from .errors import GeosegError
+from .nets.unet import RESNET_LAYERS, ResNetEncoder, UnetDecoder, segmentation_head
 from .nets.blocks_dynamic import BlockLayout, block_combine, block_sample
 from .nets.segblocks import BlockPolicy, unet_on_blocks
 
@@ -49,8 +50,13 @@ class SegmentationModel(GeoModel):
 
     def __init__(self, card: ModelCard):
         super().__init__()
-        # imported here: smp pulls in torchvision and torch._dynamo, 1.5 s per worker process (measured on top
-        # of torch) that the real-time backends do not need
+        self.card = card
+        if card.encoder in RESNET_LAYERS and len(card.bands) == 3:  # geoseg's own: torch only (geoseg.nets.unet)
+            self.encoder = ResNetEncoder(card.encoder, len(card.bands))
+            self.decoder = UnetDecoder(self.encoder.out_channels, tuple(card.decoder_channels))
+            self.head = segmentation_head(card.decoder_channels[-1], len(card.classes))
+            return
+        # other encoders from smp, imported here: it pulls in timm, torchvision and torch._dynamo (1.7 s)
         import segmentation_models_pytorch as smp
 
         unet = smp.Unet(
@@ -60,7 +66,6 @@ class SegmentationModel(GeoModel):
             classes=len(card.classes),
             decoder_channels=tuple(card.decoder_channels),
         )
-        self.card = card
         self.encoder, self.decoder, self.head = unet.encoder, unet.decoder, unet.segmentation_head
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -83,3 +83,39 @@ def test_folding_batchnorm_keeps_the_outputs(model):
 def test_folding_batchnorm_refuses_a_model_in_training(net):
     with pytest.raises(GeosegError, match="eval mode"):
         fold_batchnorm(SegmentationModel(net.card).train())
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet34"])
+def test_own_unet_is_smps_unet_module_for_module(encoder):
+    """geoseg.nets.unet builds segmentation-models-pytorch's U-Net without importing it (1.7 s of imports per
+    process): the same state-dict keys and shapes, and with the same weights the same logits, bit for bit."""
+    import torch
+
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from geoseg.card import ModelCard
+    from geoseg.model import SegmentationModel
+
+    card = ModelCard(name="t", architecture="unet", encoder=encoder, classes=["background", "building", "edge"],
+                     building_class=1, bands=["red", "green", "blue"], gsd_m=0.3)
+    ours = SegmentationModel(card).eval()
+    assert type(ours.encoder).__module__ == "geoseg.nets.unet"
+    reference = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=3,
+                         decoder_channels=tuple(card.decoder_channels)).eval()
+    theirs = {k.replace("segmentation_head.", "head.", 1): v for k, v in reference.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    generator = torch.Generator().manual_seed(0)
+
+    def drawn(key: str, value: torch.Tensor) -> torch.Tensor:  # weights unlike any init; variances positive
+        if not value.is_floating_point():
+            return value
+        noise = torch.rand(value.shape, generator=generator)
+        return noise + 0.5 if key.endswith("running_var") else (noise - 0.5) * 0.2
+
+    ours.load_state_dict({k: drawn(k, v) for k, v in ours.state_dict().items()})
+    reference.load_state_dict({k.replace("head.", "segmentation_head.", 1) if k.startswith("head.") else k: v
+                               for k, v in ours.state_dict().items()})
+    x = torch.rand(2, 3, 96, 160, generator=generator)
+    with torch.inference_mode():
+        logits = ours.head(ours.decoder(ours.encoder(x)))
+        assert torch.isfinite(logits).all() and logits.abs().max() > 0.01
+        assert torch.equal(logits, reference(x))
