@@ -33,8 +33,8 @@ def peak_rss_mb() -> float:
 
 
 #: Dask settings for geoseg's workers: the statistical profiler (a stack sample every 10 ms) and a system monitor
-#: every 0.5 s cost an idle LocalCluster of two workers 4 % of a core in the driver and 3 % in each worker
-#: (1.7 % and 0.8 % without them), all taken from the model on a machine whose cores the workers fill
+#: every 0.5 s cost each idle worker of a LocalCluster 2.6 % of a core, 1.6 % without them (30 s idle probe,
+#: getrusage in each worker), all taken from the model on a machine whose cores the workers fill
 WORKER_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.interval": "2s"}
 
 

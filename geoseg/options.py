@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from .chunk import CHUNK_PX, window_px_for
 from .errors import GeosegError
 from .write import VECTOR_FORMATS
 
@@ -31,7 +32,7 @@ class RunOptions:
     tile_px: int = 512
     overlap_px: int = 64
     batch_tiles: int = 4
-    chunk_px: int = 2048  # side of the chunk a worker finishes whole (geoseg.chunk); a multiple of 2048 above it
+    chunk_px: int = CHUNK_PX  # side of the chunk a worker finishes whole (geoseg.chunk)
     bands: list[int] | None = None
     assume_crs: str | None = None
     target_gsd_m: float | None = None
@@ -62,8 +63,9 @@ class RunOptions:
             bad("--batch", self.batch_tiles, "at least 1 tile per task")
         if self.tile_px < 32:
             bad("--tile", self.tile_px, "at least 32 px")
-        if self.chunk_px < 64 or (self.chunk_px > 2048 and self.chunk_px % 2048):
-            bad("--chunk", self.chunk_px, "at least 64 px, and a multiple of 2048 above 2048")
+        if self.chunk_px < 64:
+            bad("--chunk", self.chunk_px, "at least 64 px")
+        window_px_for(self.chunk_px)  # above the vectorise window, a multiple of it
         finite_at_least("--overlap", self.overlap_px, 0)
         finite_at_least("--min-area", self.min_area_m2, 0)
         finite_at_least("--simplify", self.simplify_m, 0)

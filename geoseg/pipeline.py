@@ -26,7 +26,7 @@ from typing import Iterator, NamedTuple
 
 from tqdm import tqdm
 
-from .assemble import finishing_steps
+from .assemble import finishing_steps, save_preview_base
 from .backends import Backend, BackendSpec, describe_backend, resolve_spec
 from .architectures import yields_instances
 from .card import ModelCard
@@ -159,6 +159,11 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
     tiles = tile_grid(grid.height, grid.width, opts.tile_px, opts.overlap_px)
     plan = plan_chunks(grid.height, grid.width, tiles, opts.chunk_px, opts.batch_tiles)
     scene_dir, staging = prepare_output(out_dir, name)
+    try:
+        save_preview_base(staging, opened.reader, opened.overview)
+    except OSError:
+        _close_output(scene_dir, staging)
+        raise
     gsd_m = opened.facts["grid_gsd_m"]
     owned = None
     if yields_instances(card.architecture):
@@ -237,7 +242,7 @@ class _Driver:
         for b in new:
             run.batch_futures[b] = self.runner.submit(predict_batch, run.reader, self.model.spec, run.plan.batches[b])
         own = set(run.plan.own[c])
-        finish = (list(self.opts.formats), run.reader) if len(run.plan.chunks) == 1 else None
+        finish = (list(self.opts.formats),) if len(run.plan.chunks) == 1 else None
         future = self.runner.submit(process_chunk, run.work, run.plan.chunks[c],
                                     [run.batch_futures[b] for b in needed], [b in own for b in needed], finish)
         self._track(future, run, ("chunk", max(1, len(new))))
@@ -249,7 +254,7 @@ class _Driver:
 
     def submit_finishing(self, run: SceneRun) -> None:
         """The COGs and the vector files (+ preview) of a scene whose chunks are all done: three tasks."""
-        steps = finishing_steps(run.work, run.plan.chunks, list(self.opts.formats), run.reader)
+        steps = finishing_steps(run.work, run.plan.chunks, list(self.opts.formats))
         for kind, (fn, *args) in steps.items():
             self._track(self.runner.submit(with_rss, fn, *args, priority=1), run, ("finish", kind))  # before chunks
 

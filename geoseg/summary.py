@@ -75,12 +75,6 @@ class RunSummary:
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2) + "\n"
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "RunSummary":
-        record = json.loads(Path(path).read_text())
-        known = {k: record.pop(k) for k in list(record) if k in cls.__dataclass_fields__ and k != "details"}
-        return cls(**known, details=record)
-
 
 def scene_summary(run: SceneRun, model: RunModel, opts: RunOptions, driver_rss_mb: float,
                   workers_rss_mb: float) -> RunSummary:

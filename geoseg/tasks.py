@@ -109,7 +109,7 @@ def process_chunk(work: SceneWork, chunk: Chunk, batches: list[tuple[list[TilePr
                   own: list[bool], finish: tuple | None = None) -> ChunkResult:
     """Blend the chunk core from the tiles of ``batches`` that intersect it, write its raster pieces, vectorise it.
     ``own[i]``: batch ``i`` is one of this chunk's own (its statistics are counted here, once per scene).
-    ``finish``: ``(formats, reader)`` for a scene of one chunk, whose finishing this task then does too (one task
+    ``finish``: ``(formats,)`` for a scene of one chunk, whose finishing this task then does too (one task
     fewer per chip, and no hop through the scheduler)."""
     t0 = time.perf_counter()
     predictions = [p for batch, _ in batches for p in batch if chunk.intersects(p.tile)]
