@@ -29,7 +29,7 @@ from pyproj import CRS
 
 from .chunk import Chunk
 from .read import Grid, SceneReader
-from .tasks import SceneWork, load_dump, piece_path
+from .tasks import SceneWork, load_instances, load_pieces, piece_path
 from .vectorise import instances_to_frame, merge_border_pieces, pieces_to_frame
 from .write import VECTOR_FORMATS, Preview, SHAPEFILE_PARTS, write_cog
 
@@ -88,7 +88,7 @@ def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str]
     """The scene's vector files and preview from its chunks (module docstring): (buildings, seconds, file names)."""
     started = time.perf_counter()
     staging = Path(work.staging)
-    border = [p for c in chunks for p in load_dump(piece_path(staging, "chunk", c.index, ".pkl"))]
+    border = [p for c in chunks for p in load_pieces(piece_path(staging, "chunk", c.index, ".npz"))]
     merged = pieces_to_frame(merge_border_pieces(border), work.grid, work.gsd_m, work.min_area_m2, work.simplify_m,
                              metric=CRS.from_wkt(work.metric_wkt), order_keys=True, **work.shaping).drop(columns="id")
     del border
@@ -119,7 +119,7 @@ def write_scene_instances(work: SceneWork, chunks: list[Chunk], formats: list[st
     (buildings, seconds, file names, instances kept before ``min_area_m2``)."""
     started = time.perf_counter()
     staging = Path(work.staging)
-    instances = [i for c in chunks for i in load_dump(piece_path(staging, "chunk", c.index, ".pkl"))]
+    instances = [i for c in chunks for i in load_instances(piece_path(staging, "chunk", c.index, ".npz"))]
     frame, kept = instances_to_frame(instances, work.grid, work.gsd_m, work.min_area_m2, work.simplify_m,
                                      **work.shaping)
     probability = mosaic_vrt([(piece_path(staging, "probability", c.index), c) for c in chunks], work.grid,

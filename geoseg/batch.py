@@ -6,7 +6,9 @@ Output folder of a job::
     OUT/<scene id>/...        the outputs of ``geoseg run`` (written to a staging folder, renamed when complete)
     OUT/manifest.json         per scene: input sha256, model sha256, settings key, status, outputs, timings
     OUT/summary.json, .md     this run: per scene status (done / skipped / failed), seconds, buildings, errors
-    OUT/stac/catalog.json     result catalog: one item per finished scene, assets and provenance
+    OUT/stac/catalog.json     result catalog: one item per finished scene, assets and provenance; items are
+                              stac/<folder>/<folder>.json under the scene's safe folder name, the input item's
+                              own id in the property ``geoseg:source_id``
 
 Rules. A scene is *done* only once the manifest says so, and the manifest is rewritten (atomically) after each
 scene, so a run killed at any point loses at most the scene in progress. A rerun skips a scene whose manifest
@@ -42,7 +44,9 @@ from .errors import GeosegError
 from .gate import gate_path
 from .cluster import job_client
 from .job import Job
-from .pipeline import STAGING_PREFIX, RunOptions, SceneOutcome, one_line_error, run_scenes
+from .lock import FileLock
+from .read import check_file
+from .pipeline import STAGING_PREFIX, SceneOutcome, one_line_error, run_scenes
 from .write import safe_folder_name
 
 MANIFEST, LOCK = "manifest.json", ".geoseg-job.lock"
@@ -58,7 +62,7 @@ def run_job(job: Job, progress: bool = True) -> dict:
     out = Path(job.output.folder)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with _lock(out):
+    with FileLock(out / LOCK, "this job"):
         _remove_partials(out)
         scenes = catalog_scenes(job.catalog, job.asset, job.asset_role)
         folders = scene_folders(scenes)
@@ -89,7 +93,7 @@ def run_job(job: Job, progress: bool = True) -> dict:
             else:
                 record(scene.id, row)
         with job_client(job.cluster) as client:
-            options = _run_options(job, spec, None if client is None else client.scheduler.address)
+            options = job.run_options(spec.name, spec.model, None if client is None else client.scheduler.address)
             todo = [(row["input"], folder) for folder, (_, row) in pending.items()]
             for outcome in run_scenes(todo, out, options, client, retries=job.retries):
                 scene_id, row = pending[outcome.name]
@@ -125,7 +129,10 @@ def _scene_row(scene: SceneRef, folder_name: str, out: Path, manifest: dict, mod
            "model_sha256": model_sha256, "settings": settings}
     before = manifest.get(scene.id, {})
     try:
+        check_file(scene.href)  # before hashing: /dev/zero or a FIFO would be read forever, the job lock held
         row.update(_input_identity(Path(scene.href), before))
+    except GeosegError as err:
+        return row | {"status": "failed", "error": str(err), "attempts": 0}
     except OSError as err:
         return row | {"status": "failed", "error": f"{scene.href}: cannot read ({err.strerror or err})", "attempts": 0}
     same = {k: before.get(k) for k in ("input_sha256", "model_sha256", "settings")} == \
@@ -163,16 +170,6 @@ def _input_identity(path: Path, before: dict) -> dict:
     return identity | {"input_sha256": before["input_sha256"] if same_file else file_sha256(path)}
 
 
-def _run_options(job: Job, spec: BackendSpec, scheduler: str | None) -> RunOptions:
-    return RunOptions(backend=spec.name, model=spec.model, device=job.device, precision=job.precision, tau=job.tau,
-                      score_threshold=job.score_threshold, tta=job.tta,
-                      tile_px=job.tiling.tile_px, overlap_px=job.tiling.overlap_px, batch_tiles=job.tiling.batch_tiles,
-                      formats=list(job.output.formats), min_area_m2=job.output.min_area_m2,
-                      simplify_m=job.output.simplify_m, regularise=job.output.regularise,
-                      min_rectangularity=job.output.min_rectangularity, workers=0 if scheduler is None else None,
-                      scheduler=scheduler, progress=False)
-
-
 def _settings_key(job: Job, spec: BackendSpec) -> str:
     """Checksum of everything besides input and weights that changes the outputs."""
     shaping = {"regularise": False, "min_rectangularity": 0.0}  # left out at their defaults: older keys hold
@@ -208,41 +205,6 @@ def _remove_partials(out: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
-class _lock:
-    """``OUT/.geoseg-job.lock`` holding this process's PID; a lock whose process is gone is taken over."""
-
-    def __init__(self, out: Path):
-        self.path = out / LOCK
-
-    def __enter__(self):
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pid = int(self.path.read_text().strip() or 0) if self.path.exists() else 0
-                if pid and _alive(pid):
-                    raise GeosegError(f"{self.path.parent}: another run of this job is in progress (pid {pid})") from None
-                self.path.unlink(missing_ok=True)
-                continue
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            return self
-        raise GeosegError(f"{self.path}: cannot take the job lock")
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -256,7 +218,10 @@ def _write_result_catalog(out: Path, job: Job, scenes: list[SceneRef], folders: 
         folder = out / folders[scene.id]
         if entry.get("status") != "done" or not (folder / "mask.tif").exists():
             continue
-        item = scene_item(folder / "mask.tif", scene.id)
+        # the item is laid out as stac/<id>/<id>.json: its id is the scene's safe folder name, never the input's raw
+        # id (``../../x`` or an absolute path would place the JSON outside OUT); the raw id is kept as a property
+        item = scene_item(folder / "mask.tif", folders[scene.id])
+        item.properties["geoseg:source_id"] = scene.id
         item.assets.clear()
         item.datetime = scene.datetime or item.datetime
         for name in entry["outputs"]:

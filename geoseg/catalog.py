@@ -50,12 +50,27 @@ class SceneRef:
 
 
 def _read_stac(path: str | os.PathLike):
+    """A catalog, collection or item, or an ItemCollection (a GeoJSON FeatureCollection of items, which
+    ``pystac.read_file`` does not read), with its items' hrefs resolved against the file."""
     try:
+        if _json_type(path) == "FeatureCollection":
+            return pystac.ItemCollection.from_file(str(path))
         obj = pystac.read_file(str(path))
     except Exception as err:  # pystac raises STACTypeError, JSONDecodeError, FileNotFoundError...
         raise GeosegError(f"{path}: not a readable STAC catalog, collection or item collection "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
     return obj
+
+
+def _json_type(path: str | os.PathLike) -> str | None:
+    """The ``type`` of a local JSON file (None for a URL or anything unreadable: pystac says why)."""
+    if "://" in str(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return json.load(f).get("type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def catalog_scenes(path: str | os.PathLike, asset: str | None = None, role: str | None = "data") -> list[SceneRef]:
@@ -72,10 +87,16 @@ def catalog_scenes(path: str | os.PathLike, asset: str | None = None, role: str 
             items = list(obj.get_items(recursive=True))
         except RecursionError:
             raise GeosegError(f"catalog {path}: its child links lead back to a catalog above them (a cycle)") from None
+        except (pystac.STACError, OSError, ValueError) as err:  # a child or item link to nothing, or to no STAC
+            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise GeosegError(f"catalog {path}: a child or item link cannot be read ({reason})") from None
     scenes = []
     for item in items:
         chosen = _choose_asset(item, asset, role)
-        scenes.append(SceneRef(item.id, chosen.get_absolute_href() or chosen.href, item.get_self_href(), item.datetime))
+        href = chosen.get_absolute_href() or chosen.href
+        if "://" not in href and not os.path.isabs(href) and "://" not in str(path):
+            href = str(Path(path).resolve().parent / href)  # an ItemCollection's items have no href of their own
+        scenes.append(SceneRef(item.id, href, item.get_self_href(), item.datetime))
     ids = [s.id for s in scenes]
     if len(set(ids)) != len(ids):
         raise GeosegError(f"catalog {path}: item ids are not unique ({sorted({i for i in ids if ids.count(i) > 1})[:5]})")
@@ -140,7 +161,7 @@ def build_catalog(folder: str | os.PathLike, out_dir: str | os.PathLike, name: s
                   copy_scenes: bool = False) -> Path:
     """A self-contained STAC catalog of every GeoTIFF in ``folder`` (sorted by name), written to ``out_dir``
     whole or not at all. ``copy_scenes``: copy the GeoTIFFs into ``out_dir/scenes`` (a portable catalog)."""
-    folder, out_dir = Path(folder), Path(out_dir)
+    folder, out_dir = Path(folder), Path(out_dir).resolve()  # "-o ." and "-o sub/.." name a folder by its path
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in GEOTIFF_SUFFIXES) if folder.is_dir() else []
     if not files:
         raise GeosegError(f"{folder}: no GeoTIFF files (*.tif, *.tiff) to catalog")
@@ -174,9 +195,12 @@ def build_catalog(folder: str | os.PathLike, out_dir: str | os.PathLike, name: s
 def _check_replaceable(out_dir: Path, folder: Path) -> None:
     """``-o`` may name a new or empty folder, or a catalog an earlier ``geoseg catalog build`` wrote; never the
     folder of the input scenes or one above it (replacing it would delete them), nor anything else."""
+    target, inputs, here = out_dir.resolve(), folder.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise GeosegError(f"-o {out_dir}: the catalog folder is replaced whole, and this one holds the current folder; "
+                          "name a folder inside it instead, e.g. -o ./catalog")
     if not out_dir.exists():
         return
-    target, inputs = out_dir.resolve(), folder.resolve()
     if target == inputs or target in inputs.parents:
         raise GeosegError(f"-o {out_dir}: it holds the input scenes ({folder}), which a new catalog there would "
                           "replace; choose another folder")

@@ -13,8 +13,9 @@ Edge rules
 * Each tile has one *home* chunk, the one holding its centre pixel; tiles are batched into Dask tasks per
   home chunk (row-major inside it), so a chunk mostly consumes its own batches plus the edge batches of its
   neighbours. A tile that a neighbour's core also needs is inferred once, and its prediction goes to both.
-* Vectorising works in windows of ``window_px`` inside each core (``chunk_px`` is a multiple of it), at the
-  same grid positions as a whole-scene vectorisation, so the polygons are those of a single process run.
+* Vectorising works in windows of :data:`VECTOR_WINDOW_PX` inside each core (``chunk_px`` must be a multiple of
+  it), at the same grid positions as a whole-scene vectorisation, so the polygons are those of a single process
+  run whatever the chunk size.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ def chunk_grid(height_px: int, width_px: int, chunk_px: int = CHUNK_PX) -> list[
 
 
 def window_px_for(chunk_px: int) -> int:
-    """The vectorise window inside chunks of ``chunk_px``: the chunk itself up to :data:`VECTOR_WINDOW_PX`."""
-    if chunk_px > VECTOR_WINDOW_PX and chunk_px % VECTOR_WINDOW_PX:
-        raise GeosegError(f"--chunk {chunk_px}: chunks above {VECTOR_WINDOW_PX} px must be a multiple of it")
-    return min(chunk_px, VECTOR_WINDOW_PX)
+    """The vectorise window inside chunks of ``chunk_px``: always :data:`VECTOR_WINDOW_PX`, of which a chunk must be
+    a multiple. Separator pixels on a window's inner border are never grown into (two buildings must not meet
+    across it), so windows of another size would give other outlines along their borders: ``--chunk 1024``
+    changed 72 of 2131 polygons by up to 4.8 m. With windows fixed, ``--chunk`` never changes an outline."""
+    if chunk_px < VECTOR_WINDOW_PX or chunk_px % VECTOR_WINDOW_PX:
+        raise GeosegError(f"--chunk {chunk_px}: must be a multiple of {VECTOR_WINDOW_PX} px, the window buildings are "
+                          "traced in (other sizes would change outlines along chunk borders)")
+    return VECTOR_WINDOW_PX
 
 
 @dataclass

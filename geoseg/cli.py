@@ -165,6 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps({k: v for k, v in result.items() if k != "ap_records"}, indent=2) + "\n")
+    for warning in result["warnings"]:
+        print(f"geoseg: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import resource
+import shlex
+import shutil
+import uuid
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 import dask
 
+from .boundary import run_task
 from .errors import GeosegError
 
 if TYPE_CHECKING:
@@ -96,21 +100,55 @@ def job_client(cluster: LocalCluster | AddressCluster | QueueCluster) -> Iterato
         with dask_client(None, cluster.address) as client:
             yield client
     else:
-        queue = queue_cluster(cluster)
-        queue.scale(jobs=cluster.jobs)
         from distributed import Client
 
-        with queue, Client(queue) as client:
-            yield client
+        _check_submit_command(cluster)
+        with queue_cluster(cluster) as queue:
+            submit_jobs(queue, cluster)
+            with Client(queue) as client:
+                try:
+                    client.wait_for_workers(1, timeout=cluster.worker_timeout_s)
+                except TimeoutError:
+                    raise GeosegError(f"cluster kind {cluster.kind}: no worker joined within {cluster.worker_timeout_s:g} s "
+                                      "of submitting its jobs (still queued, or failed at start: see the queue's "
+                                      "job logs); raise cluster.worker_timeout_s for a busy queue") from None
+                yield client
+
+
+def _check_submit_command(cluster: QueueCluster) -> None:
+    """The queue's submit command (``sbatch``, ``qsub``) is here, before a scheduler is started for nothing."""
+    submit = shlex.split(_queue_class(cluster.kind).job_cls.submit_command)[0]
+    if shutil.which(submit) is None:
+        raise GeosegError(f"cluster kind {cluster.kind}: {submit!r} is not on this machine's PATH; run the job where "
+                          f"{submit} works (the cluster's login node), or use cluster kind local or address")
+
+
+def submit_jobs(queue, cluster: QueueCluster) -> None:
+    """Submit the job's worker jobs and wait for the queue's answer (``sbatch``/``qsub`` exit), so that a refused
+    submission (no such partition, account or QOS; a full queue) is one line now instead of a run that waits for
+    workers forever. Workers themselves join later, once the queue starts the jobs."""
+    from distributed.core import Status
+
+    while len(queue.worker_spec) < cluster.jobs:  # what scale() does, but awaited here instead of in the background
+        queue.worker_spec.update(queue.new_worker_spec())
+    try:
+        queue.sync(queue._correct_state)  # submits each job; raises what sbatch/qsub said
+        failure = None
+    except Exception as err:  # noqa: BLE001 - RuntimeError from dask-jobqueue, OSError from the shell
+        failure = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+    refused = [job for job in queue.workers.values() if getattr(job, "job_id", None) is None]
+    for job in refused:
+        job.status = Status.failed  # never submitted: closing the cluster must not wait for it to stop
+    if failure is not None:
+        raise GeosegError(f"cluster kind {cluster.kind}: submitting the worker jobs failed ({failure})")
+    if refused:
+        raise GeosegError(f"cluster kind {cluster.kind}: {len(refused)} of {cluster.jobs} worker jobs were not accepted "
+                          "by the queue (see the log above)")
 
 
 def queue_cluster(cluster: QueueCluster):
     """The dask-jobqueue cluster object (not yet scaled: ``job_script()`` shows what it would submit)."""
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise GeosegError(f"cluster kind {cluster.kind} needs dask-jobqueue: pip install 'geoseg[hpc]'") from None
-    cls = dask_jobqueue.SLURMCluster if cluster.kind == "slurm" else dask_jobqueue.PBSCluster
+    cls = _queue_class(cluster.kind)
     extra = {"account": cluster.account} if cluster.account else {}
     if cluster.interface:
         extra["interface"] = cluster.interface
@@ -121,8 +159,17 @@ def queue_cluster(cluster: QueueCluster):
                    for key, value in WORKER_CONFIG.items()], **extra)
 
 
+def _queue_class(kind: str):
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise GeosegError(f"cluster kind {kind} needs dask-jobqueue: pip install 'geoseg[hpc]'") from None
+    return dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
+
+
 class InProcess:
     """The in-process stand-in for a distributed Client (``--workers 0``): ``submit`` runs the function at once
+    (through :func:`geoseg.boundary.run_task`, as on workers, so a failure has the same type either way)
     (futures given as arguments, also inside lists, are replaced by their values) and ``next_done`` hands the
     finished calls back in order. An exception is kept and raised by ``result()``, as a Dask future does."""
 
@@ -142,7 +189,7 @@ class InProcess:
 
         started = time.perf_counter()
         try:
-            future = Finished(fn(*[value(a) for a in args]), None)
+            future = Finished(run_task(fn, *[value(a) for a in args]), None)
         except Exception as err:  # noqa: BLE001 - handed back to the caller through result(), as Dask does
             future = Finished(None, err)
         self.task_s += time.perf_counter() - started
@@ -182,7 +229,8 @@ class OnCluster:
         self._workers, self._asked = 1, float("-inf")
 
     def submit(self, fn, *args, priority: int = 0):
-        future = self.client.submit(fn, *args, pure=False, priority=priority)
+        future = self.client.submit(run_task, fn, *args, pure=False, priority=priority,
+                                    key=f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}")
         self.queue.add(future)
         return future
 

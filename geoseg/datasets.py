@@ -75,11 +75,40 @@ def read_on_grid(path: str | Path, grid: Grid) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def read_label_polygons(path: str | Path) -> gpd.GeoDataFrame:
-    """A label file's polygons, read once per process (chips of one folder share one file)."""
-    frame = gpd.read_file(path)
+    """Building outlines from a vector file (GeoJSON, GeoPackage, Shapefile, GeoParquet...), as labels or as a
+    reference: one-line GeosegError for a file that cannot be read, has no CRS, or holds points or lines (a
+    centroid export scored as footprints gave IoU 0.0009 without a word). Self-intersecting outlines (bowties,
+    common in OSM exports) are repaired with ``make_valid``, keeping their polygonal parts; empty and null
+    geometries are dropped."""
+    path = Path(path)
+    try:
+        frame = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
+    except Exception as err:  # noqa: BLE001 - pyogrio DataSourceError, pyarrow errors...: all "cannot read"
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise GeosegError(f"{path}: not a readable vector file ({reason})") from None
     if frame.crs is None:
         raise GeosegError(f"{path}: the labels have no CRS")
-    return frame
+    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    kinds = frame.geometry.geom_type
+    other = kinds[~kinds.isin(["Polygon", "MultiPolygon"])]
+    if len(other):
+        found = ", ".join(f"{n} {k}" for k, n in other.value_counts().items())
+        raise GeosegError(f"{path}: building outlines must be polygons, found {found}")
+    invalid = ~frame.geometry.is_valid
+    if invalid.any():
+        frame = frame.copy()
+        frame.loc[invalid, frame.geometry.name] = [_polygonal(g) for g in frame.geometry[invalid]]
+        frame = frame[~frame.geometry.is_empty]
+    return frame.reset_index(drop=True)
+
+
+def _polygonal(geometry):
+    """The polygonal part of ``make_valid(geometry)`` (a bowtie becomes two triangles), empty if none."""
+    import shapely
+
+    repaired = shapely.make_valid(geometry)
+    parts = [g for g in getattr(repaired, "geoms", [repaired]) if g.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
 
 
 def instances_on_grid(path: str | Path, grid: Grid) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 import rasterio
 import shapely
 
-from .datasets import IGNORE, read_on_grid, vector_labels_on_grid
+from .datasets import IGNORE, read_label_polygons, read_on_grid, vector_labels_on_grid
 from .errors import GeosegError
 from .metrics import building_scores
 from .read import Grid
@@ -40,11 +40,8 @@ MATCH_IOU = 0.5
 
 
 def read_polygons(path: str | Path) -> gpd.GeoDataFrame:
-    path = Path(path)
-    frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
-    if frame.crs is None:
-        raise GeosegError(f"{path}: polygons without a CRS")
-    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    """Polygons of a vector file, one row per part (see :func:`geoseg.datasets.read_label_polygons`)."""
+    frame = read_label_polygons(path)
     keep = ["score", "geometry"] if "score" in frame.columns else ["geometry"]
     return frame.explode(index_parts=False).reset_index(drop=True)[keep]
 
@@ -173,6 +170,7 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     predicted, ref_polygons = predicted.to_crs(metric), ref_polygons.to_crs(metric)
     # as SpaceNet does: reference buildings are cut to the image footprint before matching
     footprint = extent.to_crs(metric).geometry.iloc[0]
+    ref_polygons_all = ref_polygons
     ref_polygons = ref_polygons.assign(geometry=ref_polygons.geometry.intersection(footprint))
     ref_polygons = ref_polygons[ref_polygons.geometry.area >= min_area_m2].reset_index(drop=True)
     predicted = predicted[predicted.geometry.area >= min_area_m2].reset_index(drop=True)
@@ -185,11 +183,32 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     reference_kept = ref_polygons[on_valid].reset_index(drop=True)
     pairs = overlapping_pairs(predicted, reference_kept)  # once, for the F1 matching and for AP
     result = {"prediction": str(prediction), "reference": str(reference), **pixel,
-              **spacenet_scores(predicted, reference_kept, pairs)}
+              **spacenet_scores(predicted, reference_kept, pairs),
+              "warnings": coverage_warnings(len(ref_polygons_all), len(reference_kept), int(known.sum()),
+                                            int(true_b.sum()))}
     if "score" in predicted.columns:
         records = ap_records(predicted, reference_kept, pairs)
         result |= average_precision(records, int(on_valid.sum())) | {"ap_records": records}
     return result
+
+
+#: fewer scored pixels than this and a score says little (a 3x3 px reference scored IoU 1.0)
+MIN_SCORED_PIXELS = 10_000
+
+
+def coverage_warnings(reference_total: int, reference_on_scene: int, scored_pixels: int, reference_pixels: int) -> list[str]:
+    """What makes the figures meaningless, said instead of printed silently: a reference that misses the scene
+    (another place, or x and y swapped), one that holds no building where the scene is, too few pixels."""
+    warnings = []
+    if reference_total and not reference_on_scene:
+        warnings.append(f"none of the reference's {reference_total} polygons falls on the prediction's valid pixels: "
+                        "is it of another place, or are x and y swapped?")
+    elif not reference_pixels:
+        warnings.append("the reference has no building where the prediction has valid pixels: IoU and recall are 0 "
+                        "by definition")
+    if scored_pixels < MIN_SCORED_PIXELS:
+        warnings.append(f"only {scored_pixels} pixels were scored: the figures say little")
+    return warnings
 
 
 POOLED_COUNTS = ("tp_pixels", "fp_pixels", "fn_pixels", "matched", "predicted_polygons", "reference_polygons")

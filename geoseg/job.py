@@ -25,7 +25,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from .options import DEFAULTS
+from .errors import GeosegError
+from .options import DEFAULTS, RunOptions
 from .write import VECTOR_FORMATS
 from .yamlfile import Strict, load_yaml
 
@@ -39,10 +40,10 @@ class Tiling(Strict):
 class Output(Strict):
     folder: str
     formats: list[str] = Field(default_factory=lambda: list(DEFAULTS.formats))
-    min_area_m2: float = Field(DEFAULTS.min_area_m2, ge=0)
-    simplify_m: float = Field(DEFAULTS.simplify_m, ge=0)
+    min_area_m2: float = Field(DEFAULTS.min_area_m2, ge=0, allow_inf_nan=False)
+    simplify_m: float = Field(DEFAULTS.simplify_m, ge=0, allow_inf_nan=False)
     regularise: bool = DEFAULTS.regularise
-    min_rectangularity: float = Field(DEFAULTS.min_rectangularity, ge=0, le=1)
+    min_rectangularity: float = Field(DEFAULTS.min_rectangularity, ge=0, le=1, allow_inf_nan=False)
 
     @field_validator("formats")
     @classmethod
@@ -63,19 +64,26 @@ class AddressCluster(Strict):
     address: str = Field(pattern=r"^(tcp|tls|ucx|inproc)://")
 
 
+#: a job-file text that goes into a batch script as part of one line: no newline or other control character (it
+#: would end the ``#SBATCH`` line and run as a shell command on the compute node)
+_ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+
+
 class QueueCluster(Strict):
     """A Dask cluster of batch jobs through dask-jobqueue: each job is one worker process per core."""
 
     kind: Literal["slurm", "pbs"]
     jobs: int = Field(1, ge=1)
     cores: int = Field(4, ge=1)
-    memory: str = "16GB"
-    queue: str | None = None
-    account: str | None = None
-    walltime: str = "02:00:00"
-    job_extra_directives: list[str] = Field(default_factory=list)
+    memory: str = Field("16GB", pattern=r"^\s*\d+(\.\d+)?\s*([kKMGTP]i?)?[bB]?\s*$")  # e.g. 16GB, 4000MB, 2GiB
+    queue: str | None = Field(None, pattern=_ONE_LINE)
+    account: str | None = Field(None, pattern=_ONE_LINE)
+    walltime: str = Field("02:00:00", pattern=r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # [D-]HH[:MM[:SS]], or minutes
+    job_extra_directives: list[Annotated[str, Field(pattern=_ONE_LINE)]] = Field(default_factory=list)
     #: network interface the scheduler and workers listen on (e.g. ib0 for InfiniBand; lo: one machine only)
-    interface: str | None = None
+    interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: seconds to wait, after the queue accepted the jobs, for the first worker to join (then one line, exit 2)
+    worker_timeout_s: float = Field(1800.0, gt=0, allow_inf_nan=False)
 
 
 Cluster = Annotated[Union[LocalCluster, AddressCluster, QueueCluster], Field(discriminator="kind")]
@@ -88,8 +96,8 @@ class Job(Strict):
     asset_role: str = "data"
     backend: str = DEFAULTS.backend
     model: str | None = None
-    tau: float | None = Field(None, gt=0, le=1)
-    score_threshold: float | None = Field(None, ge=0, le=1)
+    tau: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    score_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     tta: bool = False  # dense backends: test-time augmentation, 4 passes per tile
     precision: Literal["auto", "bf16", "fp32"] = DEFAULTS.precision
     device: str = DEFAULTS.device
@@ -99,12 +107,31 @@ class Job(Strict):
     retries: int = Field(1, ge=0, le=10)
     schedule: str | None = None
 
+    def run_options(self, backend: str | None = None, model: str | None = None,
+                    scheduler: str | None = None) -> RunOptions:
+        """The run options of this job's scenes (``backend``/``model``: as resolved; ``scheduler``: the job's
+        cluster, None for in-process)."""
+        return RunOptions(backend=backend or self.backend, model=model or self.model, device=self.device,
+                          precision=self.precision, tau=self.tau, score_threshold=self.score_threshold, tta=self.tta,
+                          tile_px=self.tiling.tile_px, overlap_px=self.tiling.overlap_px,
+                          batch_tiles=self.tiling.batch_tiles, formats=list(self.output.formats),
+                          min_area_m2=self.output.min_area_m2, simplify_m=self.output.simplify_m,
+                          regularise=self.output.regularise, min_rectangularity=self.output.min_rectangularity,
+                          workers=0 if scheduler is None else None, scheduler=scheduler, progress=False)
+
     @field_validator("schedule")
     @classmethod
     def _cron(cls, schedule: str | None) -> str | None:
         if schedule is not None and len(schedule.split()) != 5:
             raise ValueError("a cron expression has 5 fields: minute hour day-of-month month day-of-week")
         return schedule
+
+
+#: the job field of each ``geoseg run`` flag that a job file sets, for the errors of ``RunOptions.check``
+_JOB_FIELDS = {"--tile": "tiling.tile_px", "--overlap": "tiling.overlap_px", "--batch": "tiling.batch_tiles",
+               "--min-area": "output.min_area_m2", "--simplify": "output.simplify_m",
+               "--min-rectangularity": "output.min_rectangularity", "--formats:": "output.formats:",
+               "--device": "device", "--tau": "tau"}
 
 
 def load_job(path: str | os.PathLike, catalog: str | None = None, out: str | None = None,
@@ -123,6 +150,11 @@ def load_job(path: str | os.PathLike, catalog: str | None = None, out: str | Non
             raw["cluster"] = {"kind": "local", "workers": workers}
 
     job = load_yaml(path, Job, "job", apply_overrides)
+    try:  # the checks of `geoseg run`, so that a job no scene could run with is refused whole, before any work
+        job.run_options().check()
+    except GeosegError as err:
+        flag, _, rest = str(err).partition(" ")
+        raise GeosegError(f"{path}: {_JOB_FIELDS.get(flag, flag)} {rest}") from None
     here = path.resolve().parent
     job.catalog = job.catalog if "://" in job.catalog else str((here / job.catalog).resolve())
     job.output.folder = str((here / job.output.folder).resolve())

@@ -240,7 +240,9 @@ def load_model(model: str | os.PathLike | None = None) -> tuple[GeoModel, str]:
     card = ModelCard.from_json(path.with_suffix(".json"))
     net = build_model(card)
     try:
-        state = {k: v.float() for k, v in load_file(str(path)).items()}
+        raw = load_file(str(path))
+        _check_weight_values(raw, net.state_dict())
+        state = {k: v.float() for k, v in raw.items()}
         missing, unexpected = net.load_state_dict(state, strict=False)
         missing = sorted(set(missing) - _aliases(net))  # a shared module is saved once, under its first name
         if unexpected or missing:
@@ -248,6 +250,18 @@ def load_model(model: str | os.PathLike | None = None) -> tuple[GeoModel, str]:
     except Exception as err:  # safetensors header errors, missing/unexpected keys, shape mismatches
         raise GeosegError(f"{path}: weights do not match the card ({str(err).splitlines()[0][:200]})") from None
     return net.eval(), file_sha256(path)
+
+
+def _check_weight_values(raw: dict, expected: dict) -> None:
+    """Weights a model can run with: a floating tensor wherever the model has one (int32 weights gave a model
+    that found nothing), every value finite (one NaN spreads to every pixel). Names and shapes are checked by
+    ``load_state_dict``."""
+    for name, tensor in raw.items():
+        want = expected.get(name)
+        if want is not None and want.is_floating_point() and not tensor.is_floating_point():
+            raise GeosegError(f"tensor {name} is {str(tensor.dtype).removeprefix('torch.')}, not floating point")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise GeosegError(f"tensor {name} holds NaN or infinite values")
 
 
 def fold_batchnorm(net: nn.Module) -> nn.Module:

@@ -16,6 +16,9 @@ from .write import VECTOR_FORMATS
 
 #: what ``--device`` accepts
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+#: the largest ``--chunk``: 16 vectorise windows a side, 1 Gpx (above it, nothing is gained and int64 pixel
+#: arithmetic on a 2^72 px chunk overflowed after inference)
+MAX_CHUNK_PX = 16 * 2048
 
 
 @dataclass
@@ -65,8 +68,12 @@ class RunOptions:
             bad("--tile", self.tile_px, "at least 32 px")
         if self.chunk_px < 64:
             bad("--chunk", self.chunk_px, "at least 64 px")
-        window_px_for(self.chunk_px)  # above the vectorise window, a multiple of it
+        if self.chunk_px > MAX_CHUNK_PX:
+            bad("--chunk", self.chunk_px, f"at most {MAX_CHUNK_PX} px (a chunk is held whole in a worker's memory)")
+        window_px_for(self.chunk_px)  # a multiple of the vectorise window
         finite_at_least("--overlap", self.overlap_px, 0)
+        if self.overlap_px >= self.tile_px:
+            bad("--overlap", self.overlap_px, f"must be smaller than the tile ({self.tile_px} px)")
         finite_at_least("--min-area", self.min_area_m2, 0)
         finite_at_least("--simplify", self.simplify_m, 0)
         finite_at_least("--separator-dilate", self.separator_dilate_px, 0)

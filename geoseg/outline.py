@@ -30,17 +30,30 @@ def rectangularity(polygons: list) -> np.ndarray:
 
 
 def regularise_px(polygons_px: list, gsd_m: float, simplify_m: float) -> list:
-    """Right-angled outlines of pixel-space polygons (one per input, in order; a polygon the package cannot
-    regularise is kept as it was)."""
+    """Right-angled outlines of pixel-space polygons, one per input, in order.
+
+    The package works part by part and may return several parts for one building (it splits an outline at a thin
+    neck) or none (a sliver it cleans away); each output is mapped back to its input by a row number carried
+    through. A building whose parts do not make one valid polygon again, or that the package dropped, keeps its
+    own outline simplified as the staircase rule says (never the raw pixel staircase), alone: the other
+    buildings of the batch are regularised all the same."""
     from buildingregulariser import regularize_geodataframe
 
     if not polygons_px:
         return []
-    frame = gpd.GeoDataFrame(geometry=gpd.GeoSeries(polygons_px))
+    tolerance_px = max(simplify_m / gsd_m, STAIRCASE_PX)
+    frame = gpd.GeoDataFrame({"source_row": np.arange(len(polygons_px))}, geometry=gpd.GeoSeries(polygons_px))
     out = regularize_geodataframe(frame, parallel_threshold=PARALLEL_THRESHOLD_M / gsd_m,
-                                  simplify_tolerance=max(simplify_m / gsd_m, STAIRCASE_PX), allow_circles=False,
-                                  num_cores=1)
-    shaped = list(out.geometry)
-    if len(shaped) != len(polygons_px):
-        return list(polygons_px)
-    return [s if s is not None and not s.is_empty and s.is_valid else p for s, p in zip(shaped, polygons_px)]
+                                  simplify_tolerance=tolerance_px, allow_circles=False, num_cores=1)
+    parts: dict[int, list] = {}
+    for row, shape in zip(out["source_row"].to_numpy(int).tolist(), out.geometry):
+        if shape is not None and not shape.is_empty:
+            parts.setdefault(row, []).append(shape)
+    shaped = []
+    for row, polygon in enumerate(polygons_px):
+        found = parts.get(row, [])
+        one = found[0] if len(found) == 1 else (shapely.union_all(found) if found else None)
+        if one is None or one.geom_type != "Polygon" or not one.is_valid:
+            one = shapely.simplify(polygon, tolerance_px, preserve_topology=True)
+        shaped.append(one)
+    return shaped

@@ -33,6 +33,7 @@ from .card import ModelCard
 from .chunk import ChunkPlan, plan_chunks, window_px_for
 from .cluster import dask_client, peak_rss_mb, runner_for
 from .errors import GeosegError
+from .lock import Owner
 from .options import RunOptions
 from .read import is_local_crs, open_scene
 from .summary import RunSummary, scene_summary
@@ -49,25 +50,35 @@ CLUSTER_MIN_TILES = 24
 __all__ = ["RunOptions", "RunSummary", "SceneOutcome", "run_scene", "run_scenes", "STAGING_PREFIX"]
 
 
-def _remove_dead_staging(scene_dir: Path) -> None:
-    """Staging folders that a killed run (SIGKILL, power cut) left in ``scene_dir``: those whose process is gone."""
-    import psutil
-
+def _live_staging(scene_dir: Path) -> list[tuple[Path, Owner]]:
+    """Staging folders in ``scene_dir`` whose run may still be going, with their owners; those a killed run
+    (SIGKILL, power cut) left on this host are removed (:mod:`geoseg.lock`: another host's count as live)."""
+    live = []
     for leftover in scene_dir.glob(f"{STAGING_PREFIX}*"):
-        pid = leftover.name[len(STAGING_PREFIX):]
-        if not (pid.isdigit() and psutil.pid_exists(int(pid))):
+        owner = Owner.parse(leftover.name[len(STAGING_PREFIX):])
+        if owner is not None and owner.alive():
+            live.append((leftover, owner))
+        else:
             discard(leftover)
+    return live
 
 
 def prepare_output(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
-    """Create ``OUT/<name>/`` and a staging folder in it; a clear error if it cannot be written. ``name`` must
-    be a safe folder name (:func:`geoseg.write.safe_folder_name`)."""
+    """Create ``OUT/<name>/`` and a staging folder in it (``.geoseg-partial-HOST-PID``); a clear error if it
+    cannot be written, or if another live run is writing the same scene folder (two runs would each publish
+    half of their files over the other's). ``name`` must be a safe folder name
+    (:func:`geoseg.write.safe_folder_name`)."""
     scene_dir = Path(out_dir) / name
     try:
         scene_dir.mkdir(parents=True, exist_ok=True)
-        _remove_dead_staging(scene_dir)
-        staging = Path(scene_dir / f"{STAGING_PREFIX}{os.getpid()}")
-        staging.mkdir(exist_ok=True)
+        staging = Path(scene_dir / f"{STAGING_PREFIX}{Owner.me().tag}")
+        staging.mkdir(exist_ok=True)  # first, then look: of two runs starting together, neither misses the other
+        others = [(path, owner) for path, owner in _live_staging(scene_dir) if path != staging]
+        if others:
+            discard(staging)
+            path, owner = others[0]
+            raise GeosegError(f"{scene_dir}: another geoseg run is writing this folder (host {owner.host}, pid "
+                              f"{owner.pid}); wait for it or choose another -o (if it is dead, remove {path})")
         (staging / "pieces").mkdir(exist_ok=True)
     except OSError as err:
         raise GeosegError(f"cannot write to output folder {scene_dir}: {err.strerror}") from None

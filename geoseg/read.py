@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator, NamedTuple, Sequence
@@ -71,12 +72,19 @@ class Grid:
 
 
 def open_raster(path: str) -> rasterio.DatasetReader:
-    """Open an input raster; one-line GeosegError unless GDAL read it with one of :data:`INPUT_DRIVERS`.
+    """Open an input raster; one-line GeosegError unless GDAL read it with one of :data:`INPUT_DRIVERS`, from
+    that one file alone.
 
     The driver is checked as soon as the file is open, before any pixel is read: a VRT (whatever its file name)
-    names other files to read, and only reading pixels makes GDAL open them."""
+    names other files to read, and only reading pixels makes GDAL open them. Sidecar files are never read:
+    GDAL would otherwise take overviews from ``NAME.ovr``, a mask from ``NAME.msk`` and metadata from
+    ``NAME.aux.xml`` beside the scene, opened with any driver (an ``.ovr`` that is a VRT reads any local file into
+    the stretch and the preview). The file is opened as if its folder held nothing else
+    (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``), and a dataset that still names a second file is refused."""
     try:
-        src = rasterio.open(path)
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            src = rasterio.open(path)
+            files = list(src.files)  # GDAL looks for sidecars here at the latest: inside the setting
     except RasterioIOError as err:
         raise GeosegError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
     if src.driver not in INPUT_DRIVERS:
@@ -84,6 +92,11 @@ def open_raster(path: str) -> rasterio.DatasetReader:
         src.close()
         raise GeosegError(f"{path}: {driver} files are not accepted (they can make GDAL read other files); "
                           f"accepted: {', '.join(INPUT_DRIVERS)}")
+    others = [f for f in files if os.path.abspath(f) != os.path.abspath(src.name)]
+    if others:
+        src.close()
+        raise GeosegError(f"{path}: GDAL would read it with {os.path.basename(others[0])} beside it; geoseg reads "
+                          "one file per scene (merge overviews and masks into the GeoTIFF)")
     return src
 
 
@@ -243,11 +256,14 @@ class SceneReader:
 
 
 def check_file(path: str) -> None:
-    """The cheap checks, before a cluster is started for nothing: the path is a non-empty file."""
+    """The cheap checks, before a cluster is started for nothing or a byte is read (hashed): the path is a
+    non-empty regular file. A device or a named pipe (``/dev/zero``, a FIFO) would never end a read."""
     if not os.path.exists(path):
         raise GeosegError(f"{path}: no such file")
     if os.path.isdir(path):
         raise GeosegError(f"{path}: is a directory, not a raster file")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise GeosegError(f"{path}: not a regular file (a device, pipe or socket), not a raster file")
     if os.path.getsize(path) == 0:
         raise GeosegError(f"{path}: empty file (0 bytes)")
 

@@ -5,18 +5,18 @@ submits them and moves files; the finishing steps that follow a scene's last chu
 
 A chunk task writes into the scene's staging folder, which workers must therefore see (the output folder on a
 shared file system, as on any cluster): ``pieces/mask-NNNNN.tif``, ``pieces/probability-NNNNN.tif``,
-``pieces/buildings-NNNNN.parquet`` (its final polygons, georeferenced) and ``pieces/chunk-NNNNN.pkl`` (the
-pieces touching its border, or for instance models its instances). It returns a small :class:`ChunkResult`.
+``pieces/buildings-NNNNN.parquet`` (its final polygons, georeferenced) and ``pieces/chunk-NNNNN.npz`` (the
+pieces touching its border, or for instance models its instances; plain arrays, never a pickle). It returns a small :class:`ChunkResult`.
 """
 
 from __future__ import annotations
 
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import shapely
 
 from .backends import Backend, BackendSpec, load_backend
 from .chunk import Chunk
@@ -81,7 +81,7 @@ class ChunkResult:
     stats: dict  # summed batch statistics of the chunk's own batches
     seconds: dict  # stitch_s, vectorise_s, write_s on the worker
     polygons: int  # final polygons in its parquet piece
-    border: int  # pieces (or instances) in its pickle, for the scene's finishing step
+    border: int  # pieces (or instances) in its chunk-NNNNN.npz, for the scene's finishing step
     rss_mb: dict = field(default_factory=dict)  # worker process -> its peak RSS, MB
     finished: dict | None = None  # a one-chunk scene's finishing (geoseg.assemble), done in the same task
 
@@ -139,7 +139,7 @@ def process_chunk(work: SceneWork, chunk: Chunk, batches: list[tuple[list[TilePr
 
 
 def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:
-    """Final polygons to ``buildings-NNNNN.parquet``; pieces touching an inner window border to ``chunk-NNNNN.pkl``."""
+    """Final polygons to ``buildings-NNNNN.parquet``; pieces touching an inner window border to ``chunk-NNNNN.npz``."""
     final, border = [], []
     for window in windows_of(chunk.window, work.window_px):
         rows = slice(int(window.row_off) - chunk.row_off, int(window.row_off + window.height) - chunk.row_off)
@@ -157,7 +157,7 @@ def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:
                             metric=CRS.from_wkt(work.metric_wkt), order_keys=True, **work.shaping)
     if len(frame):
         frame.drop(columns="id").to_parquet(piece_path(work.staging, "buildings", chunk.index, ".parquet"), index=False)
-    _dump(piece_path(work.staging, "chunk", chunk.index, ".pkl"), border)
+    dump_pieces(piece_path(work.staging, "chunk", chunk.index, ".npz"), border)
     return len(frame), len(border)
 
 
@@ -174,7 +174,7 @@ def _owned_instances(work: SceneWork, chunk: Chunk, predictions: list[TilePredic
             if r0 <= centre_r < r1 and c0 <= centre_c < c1 and \
                     chunk.row_off <= centre_r < chunk.row_end and chunk.col_off <= centre_c < chunk.col_end:
                 kept.append(Instance(p.tile.row_off + inst.row_px, p.tile.col_off + inst.col_px, inst.mask, inst.score))
-    _dump(piece_path(work.staging, "chunk", chunk.index, ".pkl"), kept)
+    dump_instances(piece_path(work.staging, "chunk", chunk.index, ".npz"), kept)
     return len(kept)
 
 
@@ -188,11 +188,47 @@ def _sum_stats(stats: list[dict]) -> dict:
     return total
 
 
-def _dump(path: Path, value) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+def dump_pieces(path: Path, pieces: list) -> None:
+    """Border pieces (:class:`geoseg.vectorise.Piece`) as plain arrays: polygons as WKB, no pickle. Whoever can
+    write into the staging folder during a run must not be able to run code in the worker that reads it back."""
+    wkb = [shapely.to_wkb(p.polygon) for p in pieces]
+    _save_arrays(path, wkb=np.frombuffer(b"".join(wkb), np.uint8), ends=np.cumsum([len(w) for w in wkb], dtype=np.int64),
+                 probability_sum=np.array([p.probability_sum for p in pieces], np.float64),
+                 pixels=np.array([p.pixels for p in pieces], np.int64),
+                 window=np.array([-1 if p.window is None else p.window for p in pieces], np.int64))
 
 
-def load_dump(path: Path):
-    with open(path, "rb") as f:
-        return pickle.load(f)
+def load_pieces(path: Path) -> list:
+    from .vectorise import Piece
+
+    with np.load(path, allow_pickle=False) as a:
+        blob, ends = a["wkb"].tobytes(), a["ends"].tolist()
+        starts = [0] + ends[:-1]
+        return [Piece(shapely.from_wkb(blob[s:e]), float(ps), int(px), None if w < 0 else int(w))
+                for s, e, ps, px, w in zip(starts, ends, a["probability_sum"], a["pixels"], a["window"])]
+
+
+def dump_instances(path: Path, instances: list) -> None:
+    """Kept instances (:class:`geoseg.instances.Instance`, grid px) as plain arrays, no pickle (see
+    :func:`dump_pieces`): masks flattened one after another, with their shapes."""
+    _save_arrays(path, rows=np.array([i.row_px for i in instances], np.int64),
+                 cols=np.array([i.col_px for i in instances], np.int64),
+                 scores=np.array([i.score for i in instances], np.float64),
+                 shapes=np.array([i.mask.shape for i in instances], np.int64).reshape(-1, 2),
+                 masks=np.concatenate([i.mask.ravel() for i in instances]).astype(bool) if instances else np.zeros(0, bool))
+
+
+def load_instances(path: Path) -> list:
+    from .instances import Instance
+
+    with np.load(path, allow_pickle=False) as a:
+        masks, out, at = a["masks"], [], 0
+        for row, col, score, (h, w) in zip(a["rows"].tolist(), a["cols"].tolist(), a["scores"].tolist(), a["shapes"].tolist()):
+            out.append(Instance(row, col, masks[at: at + h * w].reshape(h, w), score))
+            at += h * w
+        return out
+
+
+def _save_arrays(path: Path, **arrays) -> None:
+    with open(path, "wb") as f:  # a file object: numpy would append ".npz" to a path that lacks it
+        np.savez(f, **arrays)

@@ -236,7 +236,7 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
     elif simplify_m > 0 and polygons_px:
         polygons_px = list(shapely.simplify(polygons_px, simplify_m / gsd_m, preserve_topology=True))
     t = grid.transform
-    geoms = [shapely.affinity.affine_transform(p, [t.a, t.b, t.d, t.e, t.c, t.f]) for p in polygons_px]
+    geoms = [_valid(shapely.affinity.affine_transform(p, [t.a, t.b, t.d, t.e, t.c, t.f])) for p in polygons_px]
     frame = gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(geoms, crs=crs))
     keep = np.ones(len(frame), bool)
     if len(frame):
@@ -249,6 +249,16 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
     kept = shaped.copy()
     kept[shaped] = keep
     return frame, kept
+
+
+def _valid(polygon):
+    """``polygon`` itself if valid, else its valid polygonal part (``make_valid``; the largest polygon if the repair
+    splits it): no output file ever holds a self-intersecting outline."""
+    if polygon.is_valid:
+        return polygon
+    repaired = shapely.make_valid(polygon)
+    polygons = [g for g in getattr(repaired, "geoms", [repaired]) if g.geom_type == "Polygon" and not g.is_empty]
+    return max(polygons, key=lambda g: g.area) if polygons else polygon
 
 
 def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,

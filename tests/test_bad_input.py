@@ -33,7 +33,7 @@ CASES = [
     (["good.tif", "--bands", "5"], "has bands 1..3 only"),
     (["good.tif", "--bands", "1,2"], "1 or 3 band numbers"),
     (["good.tif", "--formats", "kml"], "--formats: unknown kml"),
-    (["good.tif", "--tile", "64", "--overlap", "64"], "need tile_px > overlap_px"),
+    (["good.tif", "--tile", "64", "--overlap", "64"], "--overlap 64: must be smaller than the tile"),
     (["good.tif", "-o", "blocker/out"], "cannot write to output folder"),
     (["nocrs.tif", "--assume-crs", "EPSG:99999999"], "not a CRS that PROJ knows"),
 ]

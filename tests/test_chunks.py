@@ -19,6 +19,15 @@ from geoseg.pipeline import run_scene, run_scenes
 from geoseg.tile import tile_grid
 
 
+@pytest.fixture
+def small_windows(monkeypatch):
+    """Vectorise windows of 256 px instead of 2048, so that scenes of a few hundred px have several chunks (a
+    chunk is a multiple of the window, geoseg.chunk.window_px_for)."""
+    import geoseg.chunk
+
+    monkeypatch.setattr(geoseg.chunk, "VECTOR_WINDOW_PX", 256)
+
+
 @pytest.mark.parametrize("height, width, chunk_px", [(1000, 700, 256), (100, 90, 2048), (512, 512, 512)])
 def test_chunk_cores_partition_the_grid(height, width, chunk_px):
     chunks = chunk_grid(height, width, chunk_px)
@@ -64,7 +73,7 @@ def _same_polygons(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> bool:
                                     for (ka, ga, ca), (kb, gb, cb) in zip(key(a), key(b)))
 
 
-def test_chunked_run_equals_a_single_chunk_run(tmp_path, fast_options):
+def test_chunked_run_equals_a_single_chunk_run(tmp_path, fast_options, small_windows):
     scene = _building_scene(tmp_path / "scene.tif")
     whole = run_scene(scene, tmp_path / "whole", dataclasses.replace(fast_options, chunk_px=2048), backend=PixelBackend())
     chunked = run_scene(scene, tmp_path / "chunked", dataclasses.replace(fast_options, chunk_px=256),
@@ -82,14 +91,14 @@ def test_chunked_run_equals_a_single_chunk_run(tmp_path, fast_options):
     assert list(frame_b["id"]) == list(range(1, 5))
 
 
-def test_a_scene_smaller_than_a_chunk_is_one_chunk(tmp_path, fast_options):
+def test_a_scene_smaller_than_a_chunk_is_one_chunk(tmp_path, fast_options, small_windows):
     scene = _building_scene(tmp_path / "small.tif", size_px=320)
     summary = run_scene(scene, tmp_path / "out", dataclasses.replace(fast_options, chunk_px=512), backend=PixelBackend())
     assert summary.chunks == 1 and summary.grid_size_px == [320, 320]
     assert summary.buildings == 1  # of the four, the one within 320 px
 
 
-def test_chunks_of_several_scenes_in_flight_together_give_each_scene_its_own_outputs(tmp_path, fast_options):
+def test_chunks_of_several_scenes_in_flight_together_give_each_scene_its_own_outputs(tmp_path, fast_options, small_windows):
     """Three scenes of 9 chunks on two worker processes, all submitted into one graph: each scene's outputs are
     those of its own in-process run."""
     scenes = []
