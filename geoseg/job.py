@@ -20,10 +20,11 @@ Command-line overrides (``--catalog``, ``--out``, ``--workers``, ``--address``) 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from .errors import GeosegError
 from .options import DEFAULTS, RunOptions
@@ -64,9 +65,27 @@ class AddressCluster(Strict):
     address: str = Field(pattern=r"^(tcp|tls|ucx|inproc)://")
 
 
-#: a job-file text that goes into a batch script as part of one line: no newline or other control character (it
-#: would end the ``#SBATCH`` line and run as a shell command on the compute node)
-_ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+def _one_line(text: str) -> str:
+    """A job-file text that goes into a batch script as part of one line: a newline or other control character
+    would end the ``#SBATCH`` line and run the rest as a shell command on the compute node."""
+    if re.search(r"[\x00-\x1f\x7f]", text):
+        raise ValueError("no newline or other control character (it would become a shell line of the batch script)")
+    return text
+
+
+def _size(text: str) -> str:
+    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([kKMGTP]i?)?[bB]?\s*", text):
+        raise ValueError("a memory size such as 16GB, 4000MB or 2GiB")
+    return text
+
+
+def _walltime(text: str) -> str:
+    if not re.fullmatch(r"(\d+-)?\d+(:\d{1,2}){0,2}", text):
+        raise ValueError("a time limit such as 02:00:00, 1-12:00:00 or 90 (minutes)")
+    return text
+
+
+OneLine = Annotated[str, AfterValidator(_one_line)]
 
 
 class QueueCluster(Strict):
@@ -75,11 +94,11 @@ class QueueCluster(Strict):
     kind: Literal["slurm", "pbs"]
     jobs: int = Field(1, ge=1)
     cores: int = Field(4, ge=1)
-    memory: str = Field("16GB", pattern=r"^\s*\d+(\.\d+)?\s*([kKMGTP]i?)?[bB]?\s*$")  # e.g. 16GB, 4000MB, 2GiB
-    queue: str | None = Field(None, pattern=_ONE_LINE)
-    account: str | None = Field(None, pattern=_ONE_LINE)
-    walltime: str = Field("02:00:00", pattern=r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # [D-]HH[:MM[:SS]], or minutes
-    job_extra_directives: list[Annotated[str, Field(pattern=_ONE_LINE)]] = Field(default_factory=list)
+    memory: Annotated[str, AfterValidator(_size)] = "16GB"
+    queue: OneLine | None = None
+    account: OneLine | None = None
+    walltime: Annotated[str, AfterValidator(_walltime)] = "02:00:00"
+    job_extra_directives: list[OneLine] = Field(default_factory=list)
     #: network interface the scheduler and workers listen on (e.g. ib0 for InfiniBand; lo: one machine only)
     interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: seconds to wait, after the queue accepted the jobs, for the first worker to join (then one line, exit 2)

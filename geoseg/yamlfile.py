@@ -41,4 +41,5 @@ def load_yaml(path: str | os.PathLike, model: type[M], what: str, edit: Callable
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise GeosegError(f"{path}: {where}: {first['msg']} ({err.error_count()} problem(s) in all)") from None
+        message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        raise GeosegError(f"{path}: {where}: {message} ({err.error_count()} problem(s) in all)") from None
