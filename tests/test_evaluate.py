@@ -94,3 +94,25 @@ def test_regions_are_pooled_from_counts_not_averaged():
     pooled = pool([a, b])
     assert pooled["building_iou"] == round(90 / 1000, 4)  # a mean of the two IoUs would be 0.45
     assert pooled["spacenet_precision"] == 0.9 and pooled["spacenet_recall"] == round(9 / 99, 4)
+
+
+def test_outline_scores_of_matched_pairs_measure_turn_detail_and_overlap():
+    """Issue 24, item 4: a house turned by 10 degrees, and a staircase outline of the same house."""
+    from geoseg.evaluate import dominant_angle_deg, pool
+
+    house = shapely.box(0, 0, 20, 10)
+    turned = shapely.affinity.rotate(house, 10, origin="centroid")
+    steps = shapely.union_all([shapely.box(x, 0, x + 2, 10 + (x % 4 == 0)) for x in range(0, 20, 2)])
+    ref = gpd.GeoDataFrame(geometry=[house, shapely.affinity.translate(house, 100, 0)], crs="EPSG:32636")
+    pred = gpd.GeoDataFrame(geometry=[turned, shapely.affinity.translate(steps, 100, 0)], crs="EPSG:32636")
+    scores = spacenet_scores(pred, ref)
+    assert scores["matched"] == 2
+    assert dominant_angle_deg(turned) == pytest.approx(10, abs=1e-6)
+    assert dominant_angle_deg(shapely.affinity.rotate(house, 89, origin="centroid")) == pytest.approx(89, abs=1e-6)
+    assert scores["rotation_error_deg"] == pytest.approx(5, abs=0.5)  # 10 and ~0, averaged
+    iou = turned.intersection(house).area / turned.union(house).area
+    step_iou = steps.intersection(house).area / steps.union(house).area
+    assert scores["matched_mean_iou"] == pytest.approx((iou + step_iou) / 2, abs=1e-4)
+    assert scores["vertex_ratio"] == pytest.approx((4 + len(steps.exterior.coords) - 1) / 8, abs=1e-3)
+    pooled = pool([scores | {"tp_pixels": 1, "fp_pixels": 0, "fn_pixels": 0}] * 2)
+    assert pooled["matched_mean_iou"] == scores["matched_mean_iou"] and pooled["vertex_ratio"] == scores["vertex_ratio"]
