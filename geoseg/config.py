@@ -135,6 +135,13 @@ class TrainConfig(Strict):
     #: "basic": per-band gain/bias/gamma and some greyscale; "sensors": also hue, saturation, blur/sharpen, noise,
     #: JPEG (geoseg.augment)
     augment: Literal["basic", "sensors"] = "basic"
+    #: across places, on each batch (geoseg.mixing): histogram matching of a crop to another place's crop, and
+    #: CutMix (a rectangle of another place's crop, labels and all), each with this probability per crop
+    histogram_match_p: float = Field(0.0, ge=0, le=1)
+    cutmix_p: float = Field(0.0, ge=0, le=1)
+    #: outline weighting of the cross-entropy (geoseg.losses.boundary_weights): 1 + weight * exp(-d^2 / 2 sigma^2)
+    boundary_weight: float = Field(0.0, ge=0)
+    boundary_sigma_px: float = Field(3.0, gt=0)
     init_from: str | None = None  # weights to fine-tune from (a shipped name or a path relative to the config)
     gate_aux: GateAux | None = None  # encoder-decoder models: train the bottleneck for the gate (beyond BGS-Net)
     licence: str = ""

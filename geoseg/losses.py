@@ -16,6 +16,7 @@ need (see :mod:`geoseg.gate`). It changes only training; the gate is still calib
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,9 +29,15 @@ from .nets.segblocks import block_means, reinforce_loss
 AUX_LOSS_WEIGHT = 0.4
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy + soft Dice over classes, both ignoring IGNORE pixels."""
-    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy + soft Dice over classes, both ignoring IGNORE pixels; ``pixel_weight`` (N, H, W) weighs
+    each pixel's cross-entropy (:func:`boundary_weights`; the mean is over the weights, so the scale stays)."""
+    if pixel_weight is None:
+        ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    else:
+        per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+        weight = pixel_weight * (target != IGNORE)
+        ce = (per_pixel * weight).sum() / weight.sum().clamp(min=1e-6)
     known = (target != IGNORE).unsqueeze(1).float()
     probs = logits.float().softmax(1) * known
     onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).float() * known
@@ -38,6 +45,25 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     present = onehot.sum((0, 2, 3)) > 0
     dice = 1 - (2 * inter[present] + 1) / (total[present] + 1)
     return ce + dice.mean()
+
+
+def boundary_weights(y: torch.Tensor, building_classes: list[int], weight: float, sigma_px: float) -> torch.Tensor:
+    """The U-Net paper's idea of a weight map, for outlines: each pixel's cross-entropy weighs
+    ``1 + weight * exp(-d^2 / (2 sigma^2))``, ``d`` its distance in pixels to the nearest building edge (inside or
+    outside), so the pixels that decide where a wall runs (yard, shadow, the gap between two houses) count most.
+    ``y``: labels (N, H, W); building and separator classes are building."""
+    from scipy import ndimage
+
+    maps = []
+    for labels in y.cpu().numpy():
+        building = np.isin(labels, building_classes)
+        if building.all() or not building.any():
+            maps.append(np.ones(labels.shape, np.float32))
+            continue
+        inside, outside = ndimage.distance_transform_edt(building), ndimage.distance_transform_edt(~building)
+        d = np.where(building, inside, outside) - 0.5  # 0.5: a pixel next to the edge is half a pixel from it
+        maps.append((1 + weight * np.exp(-d ** 2 / (2 * sigma_px ** 2))).astype(np.float32))
+    return torch.from_numpy(np.stack(maps)).to(y.device)
 
 
 class GateProbe(nn.Module):
@@ -77,17 +103,18 @@ class GateProbe(nn.Module):
                                     "gate_aux_positive_share": float(target[:, 0].mean())}
 
 
-def training_loss(net, x: torch.Tensor, y: torch.Tensor,
-                  probe: GateProbe | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def training_loss(net, x: torch.Tensor, y: torch.Tensor, probe: GateProbe | None = None,
+                  pixel_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss to minimise for prepared inputs ``x`` and labels ``y`` (N, H, W) of the same size; ``probe``
-    (encoder-decoder models only) adds the bottleneck term of :class:`GateProbe`."""
+    (encoder-decoder models only) adds the bottleneck term of :class:`GateProbe`; ``pixel_weight`` (encoder-decoder
+    models) weighs the main head's cross-entropy per pixel (:func:`boundary_weights`)."""
     loss = architecture(net.card.architecture).loss
     if loss == "blocks":
         return segblocks_loss(net, x, y)
     if loss == "instances":
         return instance_loss(net, x, y)
     features = net.encode(x)
-    loss = segmentation_loss(net.decode(features), y)
+    loss = segmentation_loss(net.decode(features), y, pixel_weight)
     for aux in getattr(net, "aux_logits", lambda f: [])(features):
         loss = loss + AUX_LOSS_WEIGHT * segmentation_loss(aux, y)
     if probe is None:

@@ -28,7 +28,8 @@ from .datasets import IGNORE, LabelledScene
 from .metrics import confusion, fold_separator, metrics_from_confusion
 from .augment import sensor_augment
 from .errors import GeosegError
-from .losses import GateProbe, training_loss
+from .losses import GateProbe, boundary_weights, training_loss
+from .mixing import mix_batch
 from .model import GeoModel, build_model, init_weights_from, save_model, use_bf16
 
 
@@ -36,8 +37,10 @@ class CropSampler:
     """Random augmented crops: scale 0.75-1.33, flips and 90° turns, per-band gain/bias/gamma, some greyscale."""
 
     def __init__(self, scenes: list[LabelledScene], crop_px: int, rng: np.random.Generator, by_place: bool = False,
-                 sensors: bool = False):
+                 sensors: bool = False, histogram_match_p: float = 0.0, cutmix_p: float = 0.0):
         self.scenes, self.crop_px, self.rng, self.sensors = scenes, crop_px, rng, sensors
+        self.histogram_match_p, self.cutmix_p = histogram_match_p, cutmix_p
+        self.last_place: str | None = None
         weights = np.array([max(s.labels.size * s.labelled_fraction, 64 * 64) for s in scenes], float)
         if by_place:  # every place equally often, scenes within a place by their labelled pixels
             places = [s.place for s in scenes]
@@ -48,6 +51,7 @@ class CropSampler:
         rng, out = self.rng, self.crop_px
         for _ in range(20):  # retry crops with nothing labelled
             scene = self.scenes[rng.choice(len(self.scenes), p=self.p)]
+            self.last_place = scene.place
             size = int(round(out * rng.uniform(0.75, 1.33)))
             h, w = scene.labels.shape
             r0 = int(rng.integers(0, max(1, h - size + 1)))
@@ -75,7 +79,11 @@ class CropSampler:
         return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y)
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        crops = [self.crop() for _ in range(size)]
+        crops, places = [], []
+        for _ in range(size):
+            crops.append(self.crop())
+            places.append(self.last_place)
+        crops = mix_batch(crops, places, self.rng, self.histogram_match_p, self.cutmix_p)
         return torch.from_numpy(np.stack([c[0] for c in crops])), torch.from_numpy(np.stack([c[1] for c in crops]))
 
 
@@ -174,7 +182,8 @@ def train(config_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bo
     if resume and checkpoint.exists():
         resume_training(run, checkpoint)
     sampler = CropSampler(run.train_scenes, config.crop_px, run.rng, by_place=config.sampling == "places",
-                          sensors=config.augment == "sensors")
+                          sensors=config.augment == "sensors", histogram_match_p=config.histogram_match_p,
+                          cutmix_p=config.cutmix_p)
     last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, run.state["epoch"] + stop_after_epochs)
     for epoch in range(run.state["epoch"], last_epoch):
         per_scene = run_epoch(run, sampler, epoch, progress)
@@ -253,8 +262,11 @@ def run_epoch(run: Training, sampler: CropSampler, epoch: int, progress: bool) -
                file=sys.stderr, leave=False)
     for _ in bar:
         x, y = sampler.batch(config.batch_size)
+        weight = None
+        if config.boundary_weight > 0:
+            weight = boundary_weights(y, config.building_classes, config.boundary_weight, config.boundary_sigma_px)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.autocast):
-            loss, figures = training_loss(run.net, run.net.prepare(x), y, run.probe)
+            loss, figures = training_loss(run.net, run.net.prepare(x), y, run.probe, weight)
         for key, value in figures.items():
             logged.setdefault(key, []).append(value)
         run.optimiser.zero_grad(set_to_none=True)
