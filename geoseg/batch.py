@@ -95,7 +95,12 @@ def run_job(job: Job, progress: bool = True) -> dict:
         with job_client(job.cluster) as client:
             options = job.run_options(spec.name, spec.model, None if client is None else client.scheduler.address)
             todo = [(row["input"], folder) for folder, (_, row) in pending.items()]
-            for outcome in run_scenes(todo, out, options, client, retries=job.retries):
+            adapted = None
+            if job.adapt and todo:  # once per run, to the scenes this run processes
+                from .adapt import adapt_run  # torch: only a job that adapts loads it in the driver
+
+                options, adapted = adapt_run([path for path, _ in todo], out, options)
+            for outcome in run_scenes(todo, out, options, client, retries=job.retries, adapted=adapted):
                 scene_id, row = pending[outcome.name]
                 record(scene_id, _finished_row(row, outcome))
         bar.close()
@@ -180,6 +185,8 @@ def _settings_key(job: Job, spec: BackendSpec) -> str:
         fields["score_threshold"] = job.score_threshold
     if job.tta:
         fields["tta"] = True
+    if job.adapt:  # adapted weights depend on the scenes of the run: such a scene is redone with them
+        fields["adapt"] = {"budget_s": job.adapt_budget_s}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -64,6 +64,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-gsd", type=float, default=None, dest="target_gsd_m",
                    help="resample the scene to this GSD in metres instead of the model's (forces coarse scenes)")
     p.add_argument("--native-resolution", action="store_true", help="never resample; run at the scene's own GSD")
+    p.add_argument("--adapt", action="store_true",
+                   help="first adapt the model to these scenes without labels (batch-norm statistics, self-training); "
+                        "the adapted weights are written to OUT/adapted/")
+    p.add_argument("--adapt-budget", type=float, default=DEFAULTS.adapt_budget_s, dest="adapt_budget_s",
+                   help=f"--adapt: at most this many seconds (default {DEFAULTS.adapt_budget_s:g})")
     p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: CPU cores; 0: in-process)")
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--device", default=DEFAULTS.device, help="torch device: cpu or cuda[:N]")
@@ -119,8 +124,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             report(err)
     if not todo:
         return 2
+    adapted = None
+    if opts.adapt:
+        from .adapt import adapt_run
+
+        opts, adapted = adapt_run([s for s, _ in todo], args.out, opts)
     with dask_client(run_workers([s for s, _ in todo], opts), opts.scheduler) as client:
-        for outcome in run_scenes(todo, args.out, opts, client):
+        for outcome in run_scenes(todo, args.out, opts, client, adapted=adapted):
             if isinstance(outcome.result, Exception):
                 report(outcome.result)
             else:
@@ -224,7 +234,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoseg", description="GeoTIFF scenes in, building masks and footprints out")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run_and_demo, _add_train, _add_evaluate, _add_calibrate, _add_catalog_and_pipeline):
+    for add in (_add_run_and_demo, _add_train, _add_finetune, _add_evaluate, _add_calibrate, _add_catalog_and_pipeline):
         add(sub)
     return parser
 
@@ -257,6 +267,35 @@ def _add_train(sub) -> None:
     tr.add_argument("--threads", type=int, default=None, help="torch threads for this run (default: the config's, else all cores)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
+
+
+def _add_finetune(sub) -> None:
+    """``geoseg finetune``: the default model fitted to the user's own labelled ground."""
+    ft = sub.add_parser("finetune", help="fit a model to your own ground from a few labelled buildings (no YAML)")
+    ft.add_argument("images", nargs="+", metavar="IMAGE", help="GeoTIFF scene(s) the labels lie on")
+    ft.add_argument("--labels", required=True, help="building outlines: GeoJSON, GPKG, Shapefile or GeoParquet, any CRS")
+    ft.add_argument("-o", "--out", required=True, help="NAME.safetensors to write (its card NAME.json beside it)")
+    ft.add_argument("--base", default=None, help="model to start from (default: the shipped default)")
+    ft.add_argument("--area", default=None,
+                    help="polygons where the labels are complete (default: the labels' extent on each image)")
+    ft.add_argument("--minutes", type=float, default=10.0, help="time budget for training (default 10)")
+    ft.add_argument("--steps", type=int, default=100_000, help="at most this many steps (default: the time decides)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ft.add_argument("--quiet", action="store_true", help="no progress lines")
+    ft.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import finetune
+
+    path, result = finetune(args.images, args.labels, args.out, base=args.base, area=args.area, minutes=args.minutes,
+                            steps=args.steps, seed=args.seed, threads=args.threads, progress=not args.quiet)
+    before, after = result.before["building_iou"], result.after["building_iou"]
+    print(f"{path}: {result.steps} steps in {result.seconds} s; held-out building IoU {before:.3f} -> {after:.3f} "
+          f"(step {result.best_step}{', the base model itself: no step did better' if not result.best_step else ''}); "
+          f"use it with --model {path}")
+    return 0
 
 
 def _add_evaluate(sub) -> None:

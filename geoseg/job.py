@@ -7,6 +7,7 @@ when it is meant to run (``schedule``, a cron expression the example schedulers 
     catalog: ../catalogs/demo/catalog.json   # paths are relative to the job file
     asset: null                              # asset key; null: role "data", else the first GeoTIFF
     backend: auto                            # any `geoseg run --backend`; model, tau, score_threshold, tta, precision likewise
+    adapt: false                             # true: adapt the model to the scenes of each run first (no labels)
     tiling: {tile_px: 512, overlap_px: 64, batch_tiles: 4}
     output: {folder: ../pipeline-output/demo-buildings, formats: [geojson, gpkg, parquet]}
     cluster: {kind: local, workers: 2}       # workers 0: in-process; or {kind: address, address: tcp://host:8786}
@@ -118,6 +119,8 @@ class Job(Strict):
     tau: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     score_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     tta: bool = False  # dense backends: test-time augmentation, 4 passes per tile
+    adapt: bool = False  # adapt the model once per run to the scenes it processes (geoseg.adapt), no labels
+    adapt_budget_s: float = Field(DEFAULTS.adapt_budget_s, gt=0, allow_inf_nan=False)
     precision: Literal["auto", "bf16", "fp32"] = DEFAULTS.precision
     device: str = DEFAULTS.device
     tiling: Tiling = Field(default_factory=Tiling)
@@ -136,6 +139,7 @@ class Job(Strict):
                           batch_tiles=self.tiling.batch_tiles, formats=list(self.output.formats),
                           min_area_m2=self.output.min_area_m2, simplify_m=self.output.simplify_m,
                           regularise=self.output.regularise, min_rectangularity=self.output.min_rectangularity,
+                          adapt=self.adapt, adapt_budget_s=self.adapt_budget_s,
                           workers=0 if scheduler is None else None, scheduler=scheduler, progress=False)
 
     @field_validator("schedule")

@@ -47,6 +47,8 @@ class RunOptions:
     min_rectangularity: float = 0.0  # drop polygons less rectangular than this (0-1; tree crowns, blobs)
     separator_threshold: float | None = None  # P(separator) that splits touching buildings; None: the card's
     separator_dilate_px: int | None = None  # None: the card's
+    adapt: bool = False  # adapt the model to the run's scenes first (geoseg.adapt), without labels
+    adapt_budget_s: float = 90.0  # the most seconds adapting may take
     workers: int | None = None  # None: one per CPU core; 0: in-process, no cluster
     scheduler: str | None = None
     progress: bool = True
@@ -90,6 +92,11 @@ class RunOptions:
         unknown = set(self.formats) - set(VECTOR_FORMATS)
         if unknown:
             raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
+        if not (math.isfinite(self.adapt_budget_s) and self.adapt_budget_s > 0):
+            bad("--adapt-budget", self.adapt_budget_s, "seconds must be a number > 0")
+        if self.adapt and self.backend not in ("auto", "bgs", "unet", "fastscnn", "contextnet"):
+            bad("--adapt --backend", self.backend, "adapting takes an encoder-decoder model (auto, bgs, unet, fastscnn, "
+                "contextnet)")
         if not _DEVICE.match(self.device):
             bad("--device", self.device, "use cpu, cuda or cuda:N")
         if self.device.startswith("cuda"):

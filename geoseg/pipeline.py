@@ -101,6 +101,7 @@ class RunModel:
     spec: BackendSpec | Backend
     card: ModelCard
     sha256: str
+    adapted: dict | None = None  # what geoseg.adapt did to give these weights (AdaptReport), if it did
 
 
 def resolve_model(opts: RunOptions, backend: Backend | None = None) -> RunModel:
@@ -196,11 +197,14 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
 
 
 def run_scenes(scenes: list[tuple[str, str]], out_dir: str | os.PathLike, opts: RunOptions, client=None,
-               backend: Backend | None = None, retries: int = 0) -> Iterator[SceneOutcome]:
+               backend: Backend | None = None, retries: int = 0, adapted: dict | None = None) -> Iterator[SceneOutcome]:
     """Run scenes ``(path, output folder name)`` together on ``client`` (None: in-process); yields a
     :class:`SceneOutcome` as each scene is published or fails. Bad input (GeosegError) fails its scene
-    only; any other failure (a lost worker...) reruns the scene up to ``retries`` more times."""
-    driver = _Driver(out_dir, opts, resolve_model(opts, backend), runner_for(client), client, retries)
+    only; any other failure (a lost worker...) reruns the scene up to ``retries`` more times. ``adapted``: the
+    report of :func:`geoseg.adapt.adapt` whose weights ``opts.model`` names (recorded in each summary)."""
+    model = resolve_model(opts, backend)
+    model.adapted = adapted
+    driver = _Driver(out_dir, opts, model, runner_for(client), client, retries)
     driver.queue.extend((str(path), name, 1) for path, name in scenes)
     try:
         while driver.queue or driver.active:

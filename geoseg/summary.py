@@ -65,11 +65,16 @@ class RunSummary:
     outputs: list
     #: backend-specific facts, flattened into summary.json: SegBlocks' tau, instance counts, separator settings
     details: dict = field(default_factory=dict)
+    #: ``geoseg run --adapt``: what adapting did (geoseg.adapt.AdaptReport: weights, base model, tiles, steps,
+    #: seconds); absent from summary.json when the run did not adapt
+    adapt: dict | None = None
 
     def as_dict(self) -> dict:
         record = asdict(self)
         details = record.pop("details")
         outputs = record.pop("outputs")
+        if record["adapt"] is None:
+            record.pop("adapt")
         return {**record, **details, "outputs": outputs}
 
     def to_json(self) -> str:
@@ -122,7 +127,7 @@ def scene_summary(run: SceneRun, model: RunModel, opts: RunOptions, driver_rss_m
         buildings=vectors[0], min_area_m2=opts.min_area_m2, simplify_m=opts.simplify_m, regularise=opts.regularise,
         min_rectangularity=opts.min_rectangularity, peak_rss_mb=round(driver_rss_mb + workers_rss_mb, 1),
         peak_rss_mb_driver=round(driver_rss_mb, 1), peak_rss_mb_workers=round(workers_rss_mb, 1),
-        outputs=["mask.tif", "probability.tif"] + vectors[2], details=details)
+        outputs=["mask.tif", "probability.tif"] + vectors[2], details=details, adapt=model.adapted)
 
 
 def _segblocks_details(card, opts: RunOptions, counts: dict[str, int]) -> dict:

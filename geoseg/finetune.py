@@ -1,0 +1,261 @@
+"""``geoseg finetune``: a model fitted to the user's own ground from a few labelled buildings, no YAML.
+
+Inputs are the user's scenes (GeoTIFFs the pipeline accepts) and their building outlines (GeoJSON, GeoPackage,
+Shapefile or GeoParquet, any CRS). Everything is checked before any training, with one line each: a labels file
+that cannot be read, has no CRS, holds points or lines or no polygon, labels that overlap no image, an image the
+pipeline would refuse.
+
+Where the labels are complete (every building there is outlined) is ``--area`` (polygons) if given, else the
+labels' extent: the bounding box of all label polygons, cut to each image. Outside it nothing is known: those
+pixels count nowhere. Each image's labelled ground is read on the model's grid (only the window around it, so a
+large scene costs what its labelled part costs). The last rows holding :data:`HOLDOUT_FRACTION` of each image's
+labelled pixels (after a :data:`GAP_PX` gap) are held out: they pick the step (building IoU, checked every
+:data:`EVAL_EVERY` steps, the base model itself being step 0) and give the figures in the card. The rest trains
+the base model with the training recipe's crops (scale, turns, flips, gain, gamma, sensor augmentation) and loss
+(cross-entropy + Dice, separators where outlines touch), AdamW at a small rate, batch-norm statistics kept (a few
+crops per step would otherwise replace the base model's). Training stops at ``steps`` or ``minutes``, whichever
+comes first; the best step is written (``MODEL.safetensors`` + ``MODEL.json``, whose ``training.finetune``
+records the base model and its sha256, the images, labels, area, steps and seconds, and ``metrics.finetune``
+the held-out figures before and after).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+import torch
+from affine import Affine
+from rasterio.features import rasterize
+from rasterio.windows import Window, from_bounds
+
+from .card import resolve_model_path
+from .datasets import IGNORE, LabelledScene, building_labels, read_label_polygons
+from .errors import GeosegError
+from .losses import training_loss
+from .metrics import confusion, fold_separator, metrics_from_confusion
+from .model import GeoModel, load_model, save_model, use_bf16
+from .read import Grid, open_scene
+
+HOLDOUT_FRACTION = 0.2
+GAP_PX = 32
+EVAL_EVERY = 20
+#: the most labelled ground read per image, megapixels on the model grid (a bigger area: give --area)
+MAX_AREA_MPX = 64.0
+
+
+@dataclass
+class LabelledGround:
+    """One image's labelled ground on the model grid: pixels, labels (IGNORE outside the area or the imagery),
+    which pixels are held out, the grid of the window read, and the label polygons in that grid's CRS."""
+
+    name: str
+    pixels: np.ndarray
+    labels: np.ndarray
+    holdout: np.ndarray
+    grid: Grid
+    polygons: gpd.GeoDataFrame
+
+    @property
+    def train_scene(self) -> LabelledScene:
+        labels = self.labels.copy()
+        labels[_with_gap(self.holdout)] = IGNORE
+        return LabelledScene(self.name, self.pixels, labels, "train", place="own")
+
+    @property
+    def holdout_scene(self) -> LabelledScene:
+        return LabelledScene(self.name, self.pixels, np.where(self.holdout, self.labels, IGNORE).astype(np.uint8),
+                             "val", place="own")
+
+
+def _with_gap(holdout: np.ndarray) -> np.ndarray:
+    """The held-out rows and the :data:`GAP_PX` rows above them (so no training crop sees held-out buildings)."""
+    rows = np.nonzero(holdout.any(axis=1))[0]
+    out = holdout.copy()
+    if rows.size:
+        out[max(0, rows[0] - GAP_PX):rows[0]] = True
+    return out
+
+
+def read_polygons_file(path: str | os.PathLike, what: str) -> gpd.GeoDataFrame:
+    """Polygons of a labels or area file; one-line errors (see :func:`geoseg.datasets.read_label_polygons`)."""
+    if not Path(path).is_file():
+        raise GeosegError(f"{what} {path}: no such file")
+    frame = read_label_polygons(path)
+    if not len(frame):
+        raise GeosegError(f"{what} {path}: holds no polygon")
+    return frame
+
+
+def labelled_ground(images: list[str], labels_path: str, area_path: str | None, card) -> tuple[list[LabelledGround], str]:
+    """Every image's labelled ground (module docstring), and a sentence saying where labels were taken as complete.
+    Raises GeosegError, before any training, for anything that cannot work."""
+    labels = read_polygons_file(labels_path, "--labels")
+    area = read_polygons_file(area_path, "--area") if area_path else None
+    grounds = []
+    for image in images:
+        opened = open_scene(image, model_gsd_m=card.gsd_m, n_model_bands=len(card.bands))  # the pipeline's checks
+        grid = opened.reader.grid
+        footprint = shapely.box(*rasterio.transform.array_bounds(grid.height, grid.width, grid.transform))
+        here = labels.to_crs(grid.crs)
+        here = here[here.intersects(footprint)]
+        complete = (area.to_crs(grid.crs).geometry.union_all() if area is not None
+                    else shapely.box(*here.total_bounds) if len(here) else shapely.Polygon()).intersection(footprint)
+        if complete.is_empty or (area is None and not len(here)):
+            continue
+        grounds.append(_read_ground(image, opened.reader, grid, complete, here, card))
+    if not grounds:
+        what = "--area" if area is not None else "--labels"
+        raise GeosegError(f"{what} {area_path or labels_path}: overlaps none of the images ({', '.join(images)}); "
+                          "are they of the same place, in a CRS that says so?")
+    square_m = sum(float((g.labels != IGNORE).sum()) for g in grounds) * card.gsd_m ** 2
+    where = (f"inside --area {area_path}" if area is not None else "inside the labels' extent (their bounding box on "
+             "each image; give --area where labels are complete to say otherwise)")
+    return grounds, f"labels taken as complete {where}: {square_m:,.0f} m2 on {len(grounds)} image(s)"
+
+
+def _read_ground(image: str, reader, grid: Grid, complete, polygons: gpd.GeoDataFrame, card) -> LabelledGround:
+    """The window of the model grid around ``complete``: pixels, labels, held-out rows."""
+    window = from_bounds(*complete.bounds, transform=grid.transform).round_offsets().round_lengths()
+    window = window.intersection(Window(0, 0, grid.width, grid.height))
+    if window.width * window.height / 1e6 > MAX_AREA_MPX:
+        raise GeosegError(f"{image}: the labelled ground is {window.width * window.height / 1e6:.0f} Mpx on the model's "
+                          f"grid (at most {MAX_AREA_MPX:g}); give --area for a smaller part where labels are complete")
+    pixels, valid = reader.read_tile(window)
+    h, w = int(window.height), int(window.width)
+    sub = Grid(grid.crs_wkt, grid.transform @ Affine.translation(window.col_off, window.row_off), w, h)
+    shapes = [g for g in polygons.geometry if not g.is_empty]
+    instances = (rasterize(((g, i) for i, g in enumerate(shapes, start=1)), out_shape=(h, w), transform=sub.transform,
+                           fill=0, dtype="int32") if shapes else np.zeros((h, w), np.int32))
+    labels = building_labels(instances, card.separator_class)
+    inside = rasterize([complete], out_shape=(h, w), transform=sub.transform, fill=0, dtype="uint8").astype(bool)
+    known = inside & valid
+    labels[~known] = IGNORE
+    return LabelledGround(Path(image).stem, pixels, labels, holdout_rows(known, HOLDOUT_FRACTION), sub,
+                          polygons.clip(shapely.box(*rasterio.transform.array_bounds(h, w, sub.transform))))
+
+
+def holdout_rows(known: np.ndarray, fraction: float) -> np.ndarray:
+    """The last rows of ``known`` that hold ``fraction`` of its pixels (whole rows, so the held-out ground is one
+    strip), as a mask of known pixels."""
+    per_row = known.sum(axis=1)
+    if not per_row.sum():
+        return np.zeros_like(known)
+    from_bottom = np.cumsum(per_row[::-1])[::-1]  # known pixels in this row and below
+    first = int(np.argmax(from_bottom <= fraction * per_row.sum()))
+    out = np.zeros_like(known)
+    out[first:] = known[first:]
+    return out
+
+
+@torch.inference_mode()
+def holdout_scores(net: GeoModel, grounds: list[LabelledGround], autocast: bool) -> dict:
+    """Building IoU, precision and recall on the held-out pixels of every image, pooled."""
+    from .train import predict_scene
+
+    card = net.card
+    matrix = sum(confusion(predict_scene(net, g.pixels, autocast), g.holdout_scene.labels, len(card.classes))
+                 for g in grounds)
+    scores = metrics_from_confusion(fold_separator(matrix, card.building_class, card.separator_class),
+                                    card.mask_classes, card.building_class)
+    return {k: scores[k] for k in ("building_iou", "building_precision", "building_recall")} | \
+        {"pixels": int(matrix.sum())}
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: the best step (0: the starting weights), steps run, seconds, and the held-out scores
+    at the start and at the best step."""
+
+    best_step: int
+    steps: int
+    seconds: float
+    before: dict
+    after: dict
+
+
+def fit(net: GeoModel, train: list[LabelledScene], holdout: list[LabelledGround] | None, *, steps: int,
+        seconds: float, seed: int = 0, lr: float = 1e-4, batch: int = 4, crop_px: int = 256,
+        pixel_weight=None, progress: bool = True) -> FitResult:
+    """Fine-tune ``net`` in place on crops of ``train`` for at most ``steps`` steps and ``seconds``; with
+    ``holdout``, keep the step that scores best there (checked every :data:`EVAL_EVERY` steps and at the end).
+    Batch-norm layers stay in eval mode (their statistics are the base model's, or those :mod:`geoseg.adapt`
+    set). ``pixel_weight(x, y)``, if given, weighs each pixel's cross-entropy."""
+    from .train import CropSampler
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sampler = CropSampler(train, crop_px, rng, sensors=True)
+    autocast = use_bf16("auto")
+    optimiser = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
+    net.eval()
+    started = time.perf_counter()
+    before = holdout_scores(net, holdout, autocast) if holdout else {}
+    best, best_step, best_state = before, 0, copy.deepcopy(net.state_dict()) if holdout else None
+    step = 0
+    while step < steps and time.perf_counter() - started < seconds:
+        x, y = sampler.batch(batch)
+        weight = pixel_weight(x, y) if pixel_weight is not None else None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss, _ = training_loss(net, net.prepare(x), y, None, weight)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        last = step == steps or time.perf_counter() - started >= seconds
+        if holdout and (step % EVAL_EVERY == 0 or last):
+            scores = holdout_scores(net, holdout, autocast)
+            if scores["building_iou"] > best["building_iou"]:
+                best, best_step, best_state = scores, step, copy.deepcopy(net.state_dict())
+            if progress:
+                print(f"geoseg: step {step}: loss {float(loss.detach()):.3f}, held-out building IoU {scores['building_iou']:.3f} "
+                      f"(best {best['building_iou']:.3f} at step {best_step})", file=sys.stderr, flush=True)
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    return FitResult(best_step if holdout else step, step, round(time.perf_counter() - started, 1), before,
+                     best if holdout else {})
+
+
+def finetune(images: list[str], labels: str, out: str, base: str | None = None, area: str | None = None,
+             minutes: float = 10.0, steps: int = 100_000, seed: int = 0, threads: int | None = None,
+             progress: bool = True) -> tuple[Path, FitResult]:
+    """``geoseg finetune`` (module docstring); returns the written weights' path and what the fit did."""
+    out_path = Path(out)
+    if out_path.suffix != ".safetensors":
+        raise GeosegError(f"-o {out}: name the weights NAME.safetensors (the card NAME.json is written beside them)")
+    if not (math.isfinite(minutes) and minutes > 0) or steps < 1:
+        raise GeosegError(f"--minutes {minutes} / --steps {steps}: a positive time and at least one step")
+    base_path = resolve_model_path(base)
+    net, base_sha256 = load_model(base_path)
+    if net.card.architecture not in ("unet", "fastscnn", "contextnet"):
+        raise GeosegError(f"--base {base_path.stem}: fine-tuning takes an encoder-decoder model (unet, fastscnn, "
+                          f"contextnet), not {net.card.architecture}")
+    grounds, where = labelled_ground(images, labels, area, net.card)
+    if progress:
+        print(f"geoseg: {where}; {HOLDOUT_FRACTION:.0%} held out (the last rows of each)", file=sys.stderr, flush=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    result = fit(net, [g.train_scene for g in grounds], grounds, steps=steps, seconds=minutes * 60, seed=seed,
+                 progress=progress)
+    card = net.card
+    card.name = out_path.stem
+    card.trained = True
+    card.training = {"finetune": {"base": base_path.stem, "base_sha256": base_sha256, "images": list(images),
+                                  "labels": str(labels), "area": str(area) if area else "the labels' extent",
+                                  "labelled_m2": round(sum(float((g.labels != IGNORE).sum()) for g in grounds)
+                                                       * card.gsd_m ** 2, 1),
+                                  "holdout_fraction": HOLDOUT_FRACTION, "steps": result.steps,
+                                  "best_step": result.best_step, "seconds": result.seconds, "seed": seed},
+                     "base_training": card.training}
+    card.metrics = {"finetune": {"holdout_before": result.before, "holdout_after": result.after}}
+    save_model(net, out_path)
+    return out_path, result
