@@ -30,9 +30,10 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.evaluate import evaluate, pool, polygons_from_array, write_labelled_region
+from bench_adapt import scored
+from geoseg.evaluate import polygons_from_array, write_labelled_region
 from geoseg.finetune import finetune
-from geoseg.pipeline import RunOptions, run_scene
+from geoseg.pipeline import RunOptions
 from geoseg.read import Grid
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -51,14 +52,11 @@ def crop(path: Path, window: Window, out: Path) -> Path:
 
 
 def score(model: str, scenes: list[Path], reference: Path, out: Path) -> dict:
+    """Pooled scores of ``model``'s dense backend over ``scenes`` against ``reference`` (end to end)."""
     architecture = json.loads(Path(model).with_suffix(".json").read_text())["architecture"] if model.endswith(
         ".safetensors") else "unet"
     options = RunOptions(backend=architecture, model=model, workers=0, progress=False, formats=["gpkg"])
-    results = []
-    for scene in scenes:
-        run_scene(scene, out, options)
-        results.append(evaluate(str(out / scene.stem), str(reference)))
-    return pool(results)
+    return scored(options, [(scene, reference) for scene in scenes], out)
 
 
 def nacala(out: Path) -> tuple[list[Path], list[Path], Path, str | None]:

@@ -291,10 +291,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     path, result = finetune(args.images, args.labels, args.out, base=args.base, area=args.area, minutes=args.minutes,
                             steps=args.steps, seed=args.seed, threads=args.threads, progress=not args.quiet)
-    before, after = result.before["building_iou"], result.after["building_iou"]
-    print(f"{path}: {result.steps} steps in {result.seconds} s; held-out building IoU {before:.3f} -> {after:.3f} "
-          f"(step {result.best_step}{', the base model itself: no step did better' if not result.best_step else ''}); "
-          f"use it with --model {path}")
+    before, after = result.before, result.after
+    print(f"{path}: {result.steps} steps in {result.seconds} s; held-out building IoU {before['building_iou']:.3f} -> "
+          f"{after['building_iou']:.3f} (step {result.best_step}"
+          f"{', the base model itself: no step did better' if not result.best_step else ''}), SpaceNet F1 "
+          f"{before['spacenet_f1']:.3f} -> {after['spacenet_f1']:.3f}; use it with --model {path}")
     return 0
 
 

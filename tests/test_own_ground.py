@@ -5,6 +5,7 @@ one line before any training; the real fits here run a few steps of the shipped 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -56,7 +57,12 @@ def test_finetune_writes_a_model_the_pipeline_uses(tmp_path, own_ground, capsys)
     record = card["training"]["finetune"]
     assert record["base"] == "buildings-unet-r18" and len(record["base_sha256"]) == 64 and record["steps"] == 2
     assert record["area"] == "the labels' extent" and record["labelled_m2"] > 0
-    assert set(card["metrics"]["finetune"]["holdout_before"]) >= {"building_iou", "pixels"}
+    assert set(card["metrics"]["finetune"]["holdout_before"]) >= {"building_iou", "pixels", "spacenet_f1"}
+    after = card["metrics"]["finetune"]["holdout_after"]
+    base = json.loads((Path(__file__).parents[1] / "geoseg" / "models" / "buildings-unet-r18.json").read_text())
+    assert after["polygons"] < 30  # too few held-out buildings to choose how touching ones are split: the base's
+    assert (card["separator_threshold"], card["separator_dilate_px"]) == (base["separator_threshold"],
+                                                                          base["separator_dilate_px"])
     assert card["name"] == "mine" and card["trained"]
     assert main(["run", str(scene), "-o", str(tmp_path / "run"), "--model", str(out), "--workers", "0", "--quiet",
                  "--formats", "geojson"]) == 0
