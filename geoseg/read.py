@@ -86,18 +86,33 @@ def open_raster(path: str) -> rasterio.DatasetReader:
             src = rasterio.open(path)
             files = list(src.files)  # GDAL looks for sidecars here at the latest: inside the setting
     except RasterioIOError as err:
-        raise GeosegError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
+        if not _header_beside(path):
+            raise GeosegError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
+        try:  # a format whose header is a file of its own (ENVI): opened with its folder, checked below
+            src = rasterio.open(path)
+            files = list(src.files)
+        except RasterioIOError as err:
+            raise GeosegError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
     if src.driver not in INPUT_DRIVERS:
         driver = src.driver
         src.close()
         raise GeosegError(f"{path}: {driver} files are not accepted (they can make GDAL read other files); "
                           f"accepted: {', '.join(INPUT_DRIVERS)}")
-    others = [f for f in files if os.path.abspath(f) != os.path.abspath(src.name)]
+    header = HEADER_SIDECARS.get(src.driver, ())
+    others = [f for f in files if os.path.abspath(f) != os.path.abspath(src.name) and not f.lower().endswith(header)]
     if others:
         src.close()
         raise GeosegError(f"{path}: GDAL would read it with {os.path.basename(others[0])} beside it; geoseg reads "
-                          "one file per scene (merge overviews and masks into the GeoTIFF)")
+                          "a scene's own file only (merge overviews and masks into the GeoTIFF)")
     return src
+
+
+#: the one sidecar a format cannot be read without (ENVI's header): allowed, and nothing else beside it
+HEADER_SIDECARS = {"ENVI": (".hdr",)}
+
+
+def _header_beside(path: str) -> bool:
+    return any(os.path.isfile(p) for p in (os.path.splitext(path)[0] + ".hdr", path + ".hdr"))
 
 
 def is_local_crs(crs: CRS) -> bool:

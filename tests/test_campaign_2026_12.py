@@ -154,6 +154,21 @@ def test_mask_and_metadata_sidecars_are_not_read(tmp_path, sidecar):
         assert src.read_masks(1).min() == 255
 
 
+def test_an_envi_scene_opens_with_its_header_and_nothing_else(tmp_path):
+    """ENVI keeps its header in NAME.hdr: that one sidecar is read; an overview beside it is still refused."""
+    from geoseg.read import open_raster
+
+    path = tmp_path / "scene.bin"
+    with rasterio.open(path, "w", driver="ENVI", width=64, height=64, count=3, dtype="uint8", crs="EPSG:32636",
+                       transform=rasterio.transform.from_origin(452_000, 40_000, 0.3, 0.3)) as dst:
+        dst.write(_pixels())
+    with open_raster(str(path)) as src:
+        assert src.driver == "ENVI" and sorted(Path(f).name for f in src.files) == ["scene.bin", "scene.hdr"]
+    (tmp_path / "scene.bin.aux.xml").write_text('<PAMDataset><Metadata><MDI key="X">1</MDI></Metadata></PAMDataset>')
+    with pytest.raises(GeosegError, match="scene.bin.aux.xml beside it"):
+        open_raster(str(path))
+
+
 # --- MEDIUM-3: errors raised on Dask workers lose their type ---------------------------------------------------
 
 def _cog_with_its_tail_cut(folder: Path) -> Path:
