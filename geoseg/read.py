@@ -99,6 +99,10 @@ def open_raster(path: str) -> rasterio.DatasetReader:
         raise GeosegError(f"{path}: {driver} files are not accepted (they can make GDAL read other files); "
                           f"accepted: {', '.join(INPUT_DRIVERS)}")
     header = HEADER_SIDECARS.get(src.driver, ())
+    if header and len(files) == 1 and _header_beside(path, header):  # a PNG or JPEG georeferenced by a world file
+        src.close()
+        src = rasterio.open(path)
+        files = list(src.files)
     others = [f for f in files if os.path.abspath(f) != os.path.abspath(src.name) and not f.lower().endswith(header)]
     if others:
         src.close()
@@ -107,12 +111,15 @@ def open_raster(path: str) -> rasterio.DatasetReader:
     return src
 
 
-#: the one sidecar a format cannot be read without (ENVI's header): allowed, and nothing else beside it
-HEADER_SIDECARS = {"ENVI": (".hdr",)}
+#: the sidecars a format cannot be read or placed without (ENVI's header, the world file of a PNG or JPEG):
+#: allowed, and nothing else beside them
+_WORLD_FILES = (".wld", ".pgw", ".pngw", ".jgw", ".jpgw", ".jpegw")
+HEADER_SIDECARS = {"ENVI": (".hdr",), "PNG": _WORLD_FILES, "JPEG": _WORLD_FILES}
 
 
-def _header_beside(path: str) -> bool:
-    return any(os.path.isfile(p) for p in (os.path.splitext(path)[0] + ".hdr", path + ".hdr"))
+def _header_beside(path: str, suffixes: tuple[str, ...] = (".hdr",)) -> bool:
+    stem = os.path.splitext(path)[0]
+    return any(os.path.isfile(base + suffix) for base in (stem, path) for suffix in suffixes)
 
 
 def is_local_crs(crs: CRS) -> bool:

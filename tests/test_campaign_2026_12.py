@@ -169,6 +169,17 @@ def test_an_envi_scene_opens_with_its_header_and_nothing_else(tmp_path):
         open_raster(str(path))
 
 
+def test_a_png_georeferenced_by_its_world_file_opens(tmp_path):
+    from geoseg.read import open_raster
+
+    path = tmp_path / "scene.png"
+    with rasterio.open(path, "w", driver="PNG", width=64, height=64, count=3, dtype="uint8") as dst:
+        dst.write(_pixels())
+    (tmp_path / "scene.pgw").write_text("0.3\n0\n0\n-0.3\n452000.15\n39999.85\n")
+    with open_raster(str(path)) as src:
+        assert src.transform.a == pytest.approx(0.3) and src.transform.c == pytest.approx(452_000)
+
+
 # --- MEDIUM-3: errors raised on Dask workers lose their type ---------------------------------------------------
 
 def _cog_with_its_tail_cut(folder: Path) -> Path:
