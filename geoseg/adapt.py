@@ -129,18 +129,15 @@ def blend_batchnorm(net: GeoModel, tiles: list[tuple[np.ndarray, np.ndarray]], b
     net.eval()
 
 
-@torch.inference_mode()
 def pseudo_labels(net: GeoModel, tiles: list[tuple[np.ndarray, np.ndarray]], confidence: float) -> list[np.ndarray]:
     """The model's confident class per pixel (IGNORE elsewhere and where there is no imagery)."""
+    from .finetune import class_probabilities
+
     autocast = use_bf16("auto")
     out = []
     for pixels, valid in tiles:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = net(net.prepare(torch.from_numpy(pixels)[None]))
-        p = logits[0, :, : pixels.shape[1], : pixels.shape[2]].float().softmax(0)
-        top, label = p.max(0)
-        labels = np.where((top >= confidence).numpy() & valid, label.numpy(), IGNORE).astype(np.uint8)
-        out.append(labels)
+        p = class_probabilities(net, pixels, autocast)
+        out.append(np.where((p.max(0) >= confidence) & valid, p.argmax(0), IGNORE).astype(np.uint8))
     return out
 
 

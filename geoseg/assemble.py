@@ -29,7 +29,7 @@ from pyproj import CRS
 
 from .chunk import Chunk
 from .read import Grid, SceneReader
-from .tasks import SceneWork, load_instances, load_pieces, piece_path
+from .staging import SceneWork, load_instances, load_pieces, piece_path
 from .vectorise import instances_to_frame, merge_border_pieces, pieces_to_frame
 from .write import VECTOR_FORMATS, Preview, SHAPEFILE_PARTS, write_cog
 

@@ -114,7 +114,11 @@ def _polygonal(geometry):
 def instances_on_grid(path: str | Path, grid: Grid) -> np.ndarray:
     """Polygons (any CRS) rasterised on ``grid`` as instance ids: int32, 1..n inside building i, 0 elsewhere
     (where polygons overlap, the later one wins)."""
-    frame = read_label_polygons(path)
+    return polygons_on_grid(read_label_polygons(path), grid)
+
+
+def polygons_on_grid(frame: gpd.GeoDataFrame, grid: Grid) -> np.ndarray:
+    """:func:`instances_on_grid` of polygons already read (any CRS)."""
     shapes = [g for g in frame.to_crs(grid.crs).geometry if g is not None and not g.is_empty]
     if not shapes:
         return np.zeros((grid.height, grid.width), np.int32)

@@ -41,10 +41,9 @@ from rasterio.features import rasterize
 from rasterio.windows import Window, from_bounds
 
 from .card import resolve_model_path
-from .datasets import IGNORE, LabelledScene, building_labels, read_label_polygons
+from .datasets import IGNORE, LabelledScene, building_labels, polygons_on_grid, read_label_polygons
 from .errors import GeosegError
 from .losses import training_loss
-from .metrics import confusion, fold_separator, metrics_from_confusion
 from .model import GeoModel, load_model, save_model, use_bf16
 from .read import Grid, open_scene
 
@@ -135,10 +134,7 @@ def _read_ground(image: str, reader, grid: Grid, complete, polygons: gpd.GeoData
     pixels, valid = reader.read_tile(window)
     h, w = int(window.height), int(window.width)
     sub = Grid(grid.crs_wkt, grid.transform @ Affine.translation(window.col_off, window.row_off), w, h)
-    shapes = [g for g in polygons.geometry if not g.is_empty]
-    instances = (rasterize(((g, i) for i, g in enumerate(shapes, start=1)), out_shape=(h, w), transform=sub.transform,
-                           fill=0, dtype="int32") if shapes else np.zeros((h, w), np.int32))
-    labels = building_labels(instances, card.separator_class)
+    labels = building_labels(polygons_on_grid(polygons, sub), card.separator_class)
     inside = rasterize([complete], out_shape=(h, w), transform=sub.transform, fill=0, dtype="uint8").astype(bool)
     known = inside & valid
     labels[~known] = IGNORE
@@ -159,18 +155,12 @@ def holdout_rows(known: np.ndarray, fraction: float) -> np.ndarray:
     return out
 
 
-@torch.inference_mode()
 def holdout_scores(net: GeoModel, grounds: list[LabelledGround], autocast: bool) -> dict:
-    """Building IoU, precision and recall on the held-out pixels of every image, pooled."""
-    from .train import predict_scene
+    """Building IoU, precision and recall on the held-out pixels of every image, pooled (training's validation)."""
+    from .train import validate
 
-    card = net.card
-    matrix = sum(confusion(predict_scene(net, g.pixels, autocast), g.holdout_scene.labels, len(card.classes))
-                 for g in grounds)
-    scores = metrics_from_confusion(fold_separator(matrix, card.building_class, card.separator_class),
-                                    card.mask_classes, card.building_class)
-    return {k: scores[k] for k in ("building_iou", "building_precision", "building_recall")} | \
-        {"pixels": int(matrix.sum())}
+    pooled, _ = validate(net, [g.holdout_scene for g in grounds], autocast)
+    return {k: pooled[k] for k in ("building_iou", "building_precision", "building_recall", "pixels")}
 
 
 #: held-out buildings needed before the separator settings are chosen there (fewer: the base model's are kept;
@@ -181,12 +171,19 @@ SEPARATOR_CHOICES = tuple((t, d) for t in (0.05, 0.1, 0.2, 0.3, 0.5) for d in (0
 
 
 @torch.inference_mode()
-def _probabilities(net: GeoModel, pixels: np.ndarray, autocast: bool) -> np.ndarray:
-    """Class probabilities (C, h, w) of an in-memory image (small: the labelled ground of one image)."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels))[None]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        logits = net(net.prepare(x))
-    return logits[0, :, : pixels.shape[1], : pixels.shape[2]].float().softmax(0).numpy()
+def class_probabilities(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
+    """Class probabilities (C, h, w) of an in-memory image, in tiles of at most ``tile_px`` as training's
+    validation predicts (a labelled ground of up to :data:`MAX_AREA_MPX` is not one forward pass)."""
+    _, h, w = pixels.shape
+    out = np.zeros((len(net.card.classes), h, w), np.float32)
+    for r in range(0, h, tile_px):
+        for c in range(0, w, tile_px):
+            x = torch.from_numpy(np.ascontiguousarray(pixels[:, r:r + tile_px, c:c + tile_px]))[None]
+            th, tw = x.shape[-2:]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = net(net.prepare(x))
+            out[:, r:r + th, c:c + tw] = logits[0, :, :th, :tw].float().softmax(0).numpy()
+    return out
 
 
 def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocast: bool,
@@ -204,7 +201,7 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
     predicted: dict = {c: [] for c in choices}
     reference = []
     for g in grounds:
-        probs = _probabilities(net, g.pixels, autocast)
+        probs = class_probabilities(net, g.pixels, autocast)
         valid = g.labels != IGNORE
         rasters = chunk_rasters(probs, valid, card.building_class, card.separator_class)
         whole = Window(0, 0, g.grid.width, g.grid.height)

@@ -37,7 +37,8 @@ from .lock import Owner
 from .options import RunOptions
 from .read import is_local_crs, open_scene
 from .summary import RunSummary, scene_summary
-from .tasks import SceneWork, predict_batch, process_chunk, with_rss
+from .staging import SceneWork
+from .tasks import predict_batch, process_chunk, with_rss
 from .tile import owned_areas, tile_grid
 from .vectorise import scene_metric_crs
 from .write import discard, publish, scene_folder_names

@@ -614,7 +614,7 @@ def test_staging_of_a_dead_run_on_this_host_is_removed_and_the_run_goes_on(tmp_p
 
 
 def test_border_pieces_cross_the_staging_folder_as_plain_arrays(tmp_path):
-    from geoseg.tasks import dump_instances, dump_pieces, load_instances, load_pieces
+    from geoseg.staging import dump_instances, dump_pieces, load_instances, load_pieces
     from geoseg.instances import Instance
     from geoseg.vectorise import Piece
 

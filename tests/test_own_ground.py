@@ -222,7 +222,7 @@ def test_run_with_adapt_writes_the_adapted_model_and_says_so(tmp_path, own_groun
                  "--quiet", "--formats", "geojson"]) == 0
     summary = json.loads((tmp_path / "run" / "scene" / "summary.json").read_text())
     assert summary["adapt"]["base_model"] == "buildings-unet-r18" and summary["backend"] == "bgs"
-    assert summary["model"] == "buildings-unet-r18-adapted" and summary["adapt"]["seconds"] < 40
+    assert summary["model"] == "buildings-unet-r18-adapted" and summary["adapt"]["tiles"] == 1
     assert (tmp_path / "run" / "adapted" / "buildings-unet-r18-adapted.safetensors").exists()
 
 
