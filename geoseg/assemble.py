@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -29,9 +27,10 @@ from pyproj import CRS
 
 from .chunk import Chunk
 from .read import Grid, SceneReader
-from .staging import SceneWork, load_instances, load_pieces, piece_path
+from .staging import FinishResults, SceneWork, VectorsWritten, load_instances, load_pieces, piece_path
 from .vectorise import instances_to_frame, merge_border_pieces, pieces_to_frame
-from .write import VECTOR_FORMATS, Preview, SHAPEFILE_PARTS, write_cog
+from .formats import REGISTRY
+from .write import Preview, write_cog
 
 
 def mosaic_vrt(pieces: list[tuple[Path, Chunk]], grid: Grid, path: Path, nodata: int | None = None,
@@ -73,24 +72,25 @@ def assemble_cog(work: SceneWork, chunks: list[Chunk], kind: str) -> float:
 
 def finishing_steps(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> dict:
     """The finishing of a scene as independent steps ``kind -> (function, *arguments)``: the two COGs and the
-    vector files with the preview (for instance models, with the instance raster)."""
+    vector files with the preview (for instance models, with the instance raster). The COG steps return their
+    seconds, the vector step a :class:`geoseg.staging.VectorsWritten`."""
     vectors = write_scene_instances if work.owned is not None else write_scene_vectors
     return {"mask": (assemble_cog, work, chunks, "mask"), "probability": (assemble_cog, work, chunks, "probability"),
             "vectors": (vectors, work, chunks, formats)}
 
 
-def finish_scene(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> dict:
-    """All finishing steps, one after another, in this process: ``kind -> result``."""
-    return {kind: fn(*args) for kind, (fn, *args) in finishing_steps(work, chunks, formats).items()}
+def finish_scene(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> FinishResults:
+    """All finishing steps, one after another, in this process."""
+    return FinishResults.of({kind: fn(*args) for kind, (fn, *args) in finishing_steps(work, chunks, formats).items()})
 
 
-def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> tuple[int, float, list[str]]:
-    """The scene's vector files and preview from its chunks (module docstring): (buildings, seconds, file names)."""
+def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> VectorsWritten:
+    """The scene's vector files and preview from its chunks (module docstring)."""
     started = time.perf_counter()
     staging = Path(work.staging)
     border = [p for c in chunks for p in load_pieces(piece_path(staging, "chunk", c.index, ".npz"))]
-    merged = pieces_to_frame(merge_border_pieces(border), work.grid, work.gsd_m, work.min_area_m2, work.simplify_m,
-                             metric=CRS.from_wkt(work.metric_wkt), order_keys=True, **work.shaping).drop(columns="id")
+    merged = pieces_to_frame(merge_border_pieces(border), work.grid, work.gsd_m, work.vector,
+                             CRS.from_wkt(work.metric_wkt), order_keys=True).drop(columns="id")
     del border
     home = _home_chunk(merged, chunks, work.chunk_px) if len(merged) else np.zeros(0, int)
     sink = VectorSink(staging, formats, CRS.from_wkt(work.grid.crs_wkt))
@@ -111,17 +111,15 @@ def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str]
         preview.draw(frame.geometry, work.grid)
     names = sink.close()
     preview.save(staging / "preview.png")
-    return next_id - 1, time.perf_counter() - started, names + ["preview.png"]
+    return VectorsWritten(next_id - 1, time.perf_counter() - started, tuple(names + ["preview.png"]))
 
 
-def write_scene_instances(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> tuple[int, float, list[str], int]:
-    """Instance models: polygons, ``instances.tif`` and the preview from the chunks' kept instances:
-    (buildings, seconds, file names, instances kept before ``min_area_m2``)."""
+def write_scene_instances(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> VectorsWritten:
+    """Instance models: polygons, ``instances.tif`` and the preview from the chunks' kept instances."""
     started = time.perf_counter()
     staging = Path(work.staging)
     instances = [i for c in chunks for i in load_instances(piece_path(staging, "chunk", c.index, ".npz"))]
-    frame, kept = instances_to_frame(instances, work.grid, work.gsd_m, work.min_area_m2, work.simplify_m,
-                                     **work.shaping)
+    frame, kept = instances_to_frame(instances, work.grid, work.gsd_m, work.vector)
     probability = mosaic_vrt([(piece_path(staging, "probability", c.index), c) for c in chunks], work.grid,
                              staging / "pieces" / "valid.vrt", with_mask=True)
     write_instance_raster(kept, work.grid, str(probability), str(staging / "pieces" / "instances.raw.tif"))
@@ -131,7 +129,8 @@ def write_scene_instances(work: SceneWork, chunks: list[Chunk], formats: list[st
     preview = _preview(work)
     preview.draw(frame.geometry, work.grid)
     preview.save(staging / "preview.png")
-    return len(frame), time.perf_counter() - started, ["instances.tif"] + sink.close() + ["preview.png"], len(instances)
+    return VectorsWritten(len(frame), time.perf_counter() - started,
+                          tuple(["instances.tif"] + sink.close() + ["preview.png"]), len(instances))
 
 
 def _home_chunk(frame: gpd.GeoDataFrame, chunks: list[Chunk], chunk_px: int) -> np.ndarray:
@@ -159,81 +158,22 @@ def _preview(work: SceneWork) -> Preview:
 
 
 class VectorSink:
-    """Vector files written chunk by chunk (module docstring); an empty scene still gets valid empty layers."""
+    """A scene's vector files (:mod:`geoseg.formats`), written chunk by chunk (module docstring); an empty scene
+    still gets valid empty layers."""
 
     def __init__(self, staging: Path, formats: list[str], crs: CRS):
-        self.staging, self.formats, self.crs = staging, formats, crs
-        self.started: set[str] = set()
-        self.parquet = None
-        self.geojson = None
-        self.first_feature = True
+        self.staging, self.formats = staging, [REGISTRY[key] for key in formats]
+        self.writers = [f.open(staging / f.file_name, crs) for f in self.formats]
 
     def append(self, frame: gpd.GeoDataFrame) -> None:
-        import pyogrio
-
-        for fmt in self.formats:
-            name, driver = VECTOR_FORMATS[fmt]
-            path = self.staging / name
-            if driver == "parquet":
-                self._parquet(path, frame)
-            elif driver == "GeoJSON":
-                self._geojson(path, frame)
-            else:
-                pyogrio.write_dataframe(frame, path, driver=driver, append=fmt in self.started, geometry_type="Polygon")
-            self.started.add(fmt)
-
-    def _parquet(self, path: Path, frame: gpd.GeoDataFrame) -> None:
-        import pyarrow.parquet as pq
-        from geopandas.io.arrow import _geopandas_to_arrow
-
-        table = _geopandas_to_arrow(frame, index=False)
-        if self.parquet is None:
-            geo = json.loads(table.schema.metadata[b"geo"])
-            for column in geo["columns"].values():
-                column.pop("bbox", None)  # the first chunk's; the file's would need all of them
-                column["geometry_types"] = ["Polygon"]
-            schema = table.schema.with_metadata({**table.schema.metadata, b"geo": json.dumps(geo).encode()})
-            self.parquet = pq.ParquetWriter(path, schema)
-        self.parquet.write_table(table.replace_schema_metadata(self.parquet.schema.metadata))
-
-    def _geojson(self, path: Path, frame: gpd.GeoDataFrame) -> None:
-        import pyogrio
-
-        if self.geojson is None:
-            self.geojson = open(path, "w")
-            self.geojson.write('{\n"type": "FeatureCollection",\n"name": "buildings",\n"features": [\n')
-        if not len(frame):
-            return
-        buffer = io.BytesIO()  # OGR's RFC 7946 writer: WGS84, right-hand rings, 7 decimals, antimeridian cuts
-        pyogrio.write_dataframe(frame.to_crs("EPSG:4326"), buffer, driver="GeoJSON", layer_options={"RFC7946": "YES"},
-                                geometry_type="Polygon")
-        for feature in json.loads(buffer.getvalue())["features"]:
-            self.geojson.write(("" if self.first_feature else ",\n") + json.dumps(feature))
-            self.first_feature = False
+        for writer in self.writers:
+            writer.append(frame)
 
     def close(self) -> list[str]:
-        """Finish every file (empty layers where nothing was appended); returns the file names written."""
-        if len(self.started) < len(self.formats):
-            empty = gpd.GeoDataFrame({"id": np.array([], np.int64), "confidence": np.array([], float),
-                                      "area_m2": np.array([], float)}, geometry=gpd.GeoSeries([], crs=self.crs))
-            pending = [f for f in self.formats if f not in self.started]
-            formats, self.formats = self.formats, pending
-            self.append(empty)
-            self.formats = formats
-        written = []
-        if self.parquet is not None:
-            self.parquet.close()
-        if self.geojson is not None:
-            self.geojson.write("\n]\n}\n")
-            self.geojson.close()
-        for fmt in self.formats:
-            name, driver = VECTOR_FORMATS[fmt]
-            path = self.staging / name
-            if driver == "ESRI Shapefile":
-                written += [path.with_suffix(ext).name for ext in SHAPEFILE_PARTS if path.with_suffix(ext).exists()]
-            else:
-                written.append(name)
-        return written
+        """Finish every file; returns the file names written (each format's sidecars before its main file)."""
+        for writer in self.writers:
+            writer.close()
+        return [name for f in self.formats for name in f.written(self.staging)]
 
 
 def write_instance_raster(instances: list, grid: Grid, valid_path: str, path: str, strip_px: int = 1024) -> None:

@@ -41,9 +41,11 @@ from .backends import BackendSpec, describe_backend, resolve_spec
 from .card import file_sha256, resolve_model_path
 from .catalog import SceneRef, catalog_scenes, scene_item
 from .errors import GeosegError
+from .formats import is_sidecar, media_type
 from .gate import gate_path
-from .cluster import job_client
+from .cluster import client_for
 from .job import Job
+from .options import DEFAULTS, run_fields
 from .lock import FileLock
 from .read import check_file
 from .pipeline import STAGING_PREFIX, SceneOutcome, one_line_error, run_scenes
@@ -52,9 +54,8 @@ from .write import safe_folder_name
 MANIFEST, LOCK = "manifest.json", ".geoseg-job.lock"
 #: names in a job's output folder that belong to the job itself: no scene folder may take one
 JOB_FILES = frozenset({MANIFEST, LOCK, "summary.json", "summary.md", "stac"})
-MEDIA_TYPES = {".tif": pystac.MediaType.COG, ".geojson": pystac.MediaType.GEOJSON,
-               ".gpkg": "application/geopackage+sqlite3", ".parquet": "application/vnd.apache.parquet",
-               ".shp": "application/vnd.shp", ".png": pystac.MediaType.PNG, ".json": pystac.MediaType.JSON}
+#: media types of a scene's files that are not vector files (those: geoseg.formats)
+MEDIA_TYPES = {".tif": pystac.MediaType.COG, ".png": pystac.MediaType.PNG, ".json": pystac.MediaType.JSON}
 
 
 def run_job(job: Job, progress: bool = True) -> dict:
@@ -92,7 +93,7 @@ def run_job(job: Job, progress: bool = True) -> dict:
                 pending[folders[scene.id]] = (scene.id, row)
             else:
                 record(scene.id, row)
-        with job_client(job.cluster) as client:
+        with client_for(job.cluster) as client:
             options = job.run_options(spec.name, spec.model, None if client is None else client.scheduler.address)
             todo = [(row["input"], folder) for folder, (_, row) in pending.items()]
             adapted = None
@@ -175,16 +176,25 @@ def _input_identity(path: Path, before: dict) -> dict:
     return identity | {"input_sha256": before["input_sha256"] if same_file else file_sha256(path)}
 
 
+#: the settings every key holds, set or not (the key of earlier versions); any other run option enters the key only
+#: when it is not at its default, so that a new option never makes the scenes of an older manifest run again
+_KEYED_ALWAYS = {"tiling": ("tile_px", "overlap_px", "batch_tiles"), "output": ("formats", "min_area_m2", "simplify_m"),
+                 "": ("tau", "precision")}
+#: run options that do not change what a scene's files hold (where it runs, how it is cut into chunks)
+_NOT_KEYED = {"backend", "model", "device", "adapt", "adapt_budget_s", "chunk_px"}
+
+
 def _settings_key(job: Job, spec: BackendSpec) -> str:
     """Checksum of everything besides input and weights that changes the outputs."""
-    shaping = {"regularise": False, "min_rectangularity": 0.0}  # left out at their defaults: older keys hold
-    output = {k: v for k, v in job.output.model_dump(exclude={"folder"}).items() if not (k in shaping and v == shaping[k])}
-    fields = {"backend": spec.name, "tau": job.tau, "precision": job.precision, "tiling": job.tiling.model_dump(),
-              "output": output, "geoseg": __version__}
-    if job.score_threshold is not None:  # only when set: earlier manifests keep their keys
-        fields["score_threshold"] = job.score_threshold
-    if job.tta:
-        fields["tta"] = True
+    options = job.run_options()
+    fields: dict = {"backend": spec.name, "tiling": {}, "output": {}, "geoseg": __version__}
+    for f in run_fields():
+        section, name = f.metadata["job"], f.name
+        if section is None or name in _NOT_KEYED:
+            continue
+        value = getattr(options, name)
+        if name in _KEYED_ALWAYS.get(section, ()) or value != getattr(DEFAULTS, name):
+            (fields[section] if section in ("tiling", "output") else fields)[name] = value
     if job.adapt:  # adapted weights depend on the scenes of the run: such a scene is redone with them
         fields["adapt"] = {"budget_s": job.adapt_budget_s}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -232,12 +242,13 @@ def _write_result_catalog(out: Path, job: Job, scenes: list[SceneRef], folders: 
         item.assets.clear()
         item.datetime = scene.datetime or item.datetime
         for name in entry["outputs"]:
-            if name.endswith((".shx", ".dbf", ".prj", ".cpg")):
-                continue  # parts of the shapefile, which is one asset
+            if is_sidecar(name):
+                continue  # parts of a format's file (the shapefile's .shx, .dbf...), which is one asset
             role = "data" if name in ("mask.tif", "probability.tif") or name.startswith("buildings") else "metadata"
             role = "overview" if name == "preview.png" else role
             item.add_asset(Path(name).stem if not name.startswith("buildings") else name.replace(".", "-"),
-                           pystac.Asset(str((folder / name).resolve()), media_type=MEDIA_TYPES.get(Path(name).suffix),
+                           pystac.Asset(str((folder / name).resolve()),
+                                        media_type=media_type(name) or MEDIA_TYPES.get(Path(name).suffix),
                                         roles=[role], title=name))
         item.properties.update({k: v for k, v in provenance.items() if v is not None})
         item.properties.update({"geoseg:input_sha256": entry["input_sha256"], "geoseg:seconds": entry["seconds"],

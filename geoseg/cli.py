@@ -23,58 +23,32 @@ def _formats(text: str) -> list[str]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from .backends import REGISTRY
-    from .write import VECTOR_FORMATS
+    """The flags of ``geoseg run`` and ``geoseg demo``, one per :class:`geoseg.options.RunOptions` field, as the
+    field declares it (flag, help, type, default)."""
+    from types import UnionType
+    from typing import Literal, Union, get_args, get_origin, get_type_hints
 
+    from .backends import REGISTRY as BACKENDS
+    from .formats import REGISTRY as FORMATS
+    from .options import RunOptions, run_fields
+
+    parsers = {list[int]: _int_list, list[str]: _formats}
+    hints = get_type_hints(RunOptions)
     p.add_argument("-o", "--out", default="geoseg-output", help="output folder; results go to OUT/<scene-stem>/")
-    p.add_argument("--backend", default=DEFAULTS.backend,
-                   help="auto (default: bgs if the model has a calibrated gate, else its architecture's), "
-                        + ", ".join(REGISTRY))
-    p.add_argument("--tau", type=float, default=None,
-                   help="segblocks: fraction of blocks processed at full resolution, 0-1 (default: the model's)")
-    p.add_argument("--score-threshold", type=float, default=None,
-                   help="maskrcnn-light/maskrcnn: keep detections scoring at least this, 0-1 (default: the model's)")
-    p.add_argument("--tta", action="store_true",
-                   help="unet/fastscnn/contextnet: average each tile over left-right and up-down flips (4x the model time; "
-                        "with --backend auto it runs the dense backend, not the gate)")
-    p.add_argument("--model", default=None, help="model name shipped with geoseg, or path to NAME.safetensors")
-    p.add_argument("--tile", type=int, default=DEFAULTS.tile_px, dest="tile_px",
-                   help=f"tile size in pixels (default {DEFAULTS.tile_px})")
-    p.add_argument("--overlap", type=int, default=DEFAULTS.overlap_px, dest="overlap_px",
-                   help=f"tile overlap in pixels (default {DEFAULTS.overlap_px})")
-    p.add_argument("--batch", type=int, default=DEFAULTS.batch_tiles, dest="batch_tiles",
-                   help=f"tiles per Dask task (default {DEFAULTS.batch_tiles})")
-    p.add_argument("--chunk", type=int, default=DEFAULTS.chunk_px, dest="chunk_px",
-                   help=f"side in px of the chunks workers stitch, write and vectorise whole (default {DEFAULTS.chunk_px})")
-    p.add_argument("--bands", type=_int_list, default=None, help="1-based bands for the model, e.g. 1,2,3 or 1")
-    p.add_argument("--formats", type=_formats, default=DEFAULTS.formats,
-                   help=f"vector formats: {','.join(VECTOR_FORMATS)} (default: all)")
-    p.add_argument("--min-area", type=float, default=DEFAULTS.min_area_m2, dest="min_area_m2",
-                   help=f"drop buildings under this many m2 (default {DEFAULTS.min_area_m2:g})")
-    p.add_argument("--simplify", type=float, default=DEFAULTS.simplify_m, dest="simplify_m",
-                   help=f"simplify tolerance in metres (default {DEFAULTS.simplify_m:g})")
-    p.add_argument("--regularise", action="store_true", help="right-angled building outlines instead of simplified ones")
-    p.add_argument("--min-rectangularity", type=float, default=DEFAULTS.min_rectangularity,
-                   help="drop polygons whose area is under this fraction of their bounding rectangle's (0-1; 0: off)")
-    p.add_argument("--separator-threshold", type=float, default=None,
-                   help="P(separator) that splits touching buildings (models with a separator class; default: the card's)")
-    p.add_argument("--separator-dilate", type=int, default=None, dest="separator_dilate_px",
-                   help="widen predicted separators by this many pixels before splitting (default: the card's)")
-    p.add_argument("--assume-crs", default=None, help="CRS for a raster that has none, e.g. EPSG:32636")
-    p.add_argument("--target-gsd", type=float, default=None, dest="target_gsd_m",
-                   help="resample the scene to this GSD in metres instead of the model's (forces coarse scenes)")
-    p.add_argument("--native-resolution", action="store_true", help="never resample; run at the scene's own GSD")
-    p.add_argument("--adapt", action="store_true",
-                   help="first adapt the model to these scenes without labels (batch-norm statistics, self-training); "
-                        "the adapted weights are written to OUT/adapted/")
-    p.add_argument("--adapt-budget", type=float, default=DEFAULTS.adapt_budget_s, dest="adapt_budget_s",
-                   help=f"--adapt: at most this many seconds (default {DEFAULTS.adapt_budget_s:g})")
-    p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: CPU cores; 0: in-process)")
-    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    p.add_argument("--device", default=DEFAULTS.device, help="torch device: cpu or cuda[:N]")
-    p.add_argument("--precision", default=DEFAULTS.precision, choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for f in run_fields():
+        kind, default = hints[f.name], getattr(DEFAULTS, f.name)
+        text = f.metadata["help"].format(backends=", ".join(BACKENDS), formats=",".join(FORMATS))
+        if kind is bool:
+            action = "store_false" if f.metadata.get("inverted") else "store_true"
+            p.add_argument(f.metadata["flag"], action=action, dest=f.name, help=text)
+            continue
+        if default not in (None, False) and "default" not in text:
+            text += f" (default: {','.join(default)})" if isinstance(default, list) else f" (default {default:g})" \
+                if isinstance(default, float) else f" (default {default})"
+        if get_origin(kind) in (Union, UnionType):  # X | None: the flag reads an X
+            kind = next(k for k in get_args(kind) if k is not type(None))
+        typed = {"choices": list(get_args(kind))} if get_origin(kind) is Literal else {"type": parsers.get(kind, kind)}
+        p.add_argument(f.metadata["flag"], dest=f.name, default=default, help=text, **typed)
 
 
 def _options(args: argparse.Namespace):
@@ -82,7 +56,6 @@ def _options(args: argparse.Namespace):
 
     fields = RunOptions.__dataclass_fields__
     opts = RunOptions(**{k: v for k, v in vars(args).items() if k in fields})
-    opts.progress = not args.quiet
     return opts.check()  # before any cluster starts: --workers -1 would wait forever for workers
 
 

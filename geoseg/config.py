@@ -1,92 +1,21 @@
-"""Training configurations: the YAML schema (``TrainConfig``, validated with pydantic, errors naming the field),
-the kinds of labelled source a config lists, and loading a config (with ``base:`` inheritance) and its scenes.
+"""Training configurations: the YAML schema (``TrainConfig``, validated with pydantic, errors naming the field;
+the kinds of labelled source it lists are :mod:`geoseg.sources`), and loading a config (with ``base:``
+inheritance) and its scenes.
 Read by training, gate calibration and the benchmarks; torch-free."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from .architectures import ARCHITECTURES, architecture
-from .datasets import (LabelledScene, chips_source, dubai_source, geotiff_source, image_mask_source,
-                       negatives_source, xyz_source)
+from .datasets import LabelledScene
 from .errors import GeosegError
+from .sources import Source, SourceBase, source_place
 from .yamlfile import Strict, load_yaml
-
-
-class SourceBase(Strict):
-    #: the place the source shows (leave-one-place-out studies leave out every source of a place); default: the
-    #: folder under buildings/ or landcover/ its first path names
-    place: str | None = None
-
-
-class GeotiffSource(SourceBase):
-    kind: Literal["geotiff"]
-    image: str
-    labels: str | None = None
-    mask: str | None = None
-    val_fraction: float = Field(0.2, ge=0, lt=1)
-    gap_px: int = Field(64, ge=0)
-    split: Literal["train", "val"] | None = None  # the whole scene to one split (val_fraction then unused)
-
-
-class ChipsSource(SourceBase):
-    kind: Literal["chips"]
-    images: str
-    masks: str
-    split: Literal["train", "val"] = "train"
-    exclude_overlap_with: str | None = None
-    labels: str | None = None
-    distinct_ground: bool = False  # the same ground at several zoom levels counted once
-
-
-class DubaiSource(SourceBase):
-    kind: Literal["dubai"]
-    root: str
-    assumed_gsd_m: float = Field(gt=0)
-    val_tiles: list[str] = []
-    buildings_only: bool = False  # Building -> building, other labelled classes -> background
-
-
-class ImageMaskSource(SourceBase):
-    kind: Literal["image_mask"]
-    image: str
-    mask: str
-    native_gsd_m: float = Field(gt=0)
-    split: Literal["train", "val"] = "train"
-    val_fraction: float = Field(0.0, ge=0, lt=1)
-    gap_px: int = Field(64, ge=0)
-
-
-class XYZSource(SourceBase):
-    kind: Literal["xyz"]
-    tiles_csv: str
-    zoom: int = Field(ge=0, le=24)
-    labels: str
-    split: Literal["train", "val"] = "train"
-    val_fraction: float = Field(0.0, ge=0, lt=1)
-    gap_px: int = Field(64, ge=0)
-
-
-class NegativesSource(SourceBase):
-    kind: Literal["negatives"]
-    images: str  # a folder of GeoTIFFs without buildings
-
-
-Source = Annotated[Union[GeotiffSource, ChipsSource, DubaiSource, ImageMaskSource, XYZSource, NegativesSource],
-                   Field(discriminator="kind")]
-
-
-def source_place(src: SourceBase) -> str:
-    """The place a source shows: its ``place``, else the folder after buildings/ or landcover/ in its first path."""
-    if src.place:
-        return src.place
-    first = next(v for k, v in src.model_dump().items() if isinstance(v, str) and k not in ("kind", "split"))
-    parts = Path(first).parts
-    return parts[1] if len(parts) > 1 and parts[0] in ("buildings", "landcover", "negatives") else parts[0]
 
 
 class GateAux(Strict):
@@ -188,31 +117,11 @@ def _with_base(raw: dict, path: Path) -> None:
 
 
 def load_scenes(config: TrainConfig, root: Path) -> list[LabelledScene]:
+    """Every source's scenes on the training grid (:mod:`geoseg.sources`), each told its place."""
     scenes: list[LabelledScene] = []
     for src in config.sources:
-        loaded = _load_source(src, config, root)
+        loaded = src.load(config, root)
         for scene in loaded:
             scene.place = source_place(src)
         scenes += loaded
     return scenes
-
-
-def _load_source(src: SourceBase, config: TrainConfig, root: Path) -> list[LabelledScene]:
-    at = lambda p: str(root / p) if p else None  # noqa: E731
-    if isinstance(src, GeotiffSource):
-        return geotiff_source(at(src.image), config.gsd_m, labels=at(src.labels), mask=at(src.mask),
-                              val_fraction=src.val_fraction, gap_px=src.gap_px, separator_class=config.separator_class,
-                              split=src.split)
-    if isinstance(src, ChipsSource):
-        return chips_source(at(src.images), at(src.masks), config.gsd_m, split=src.split,
-                            exclude_overlap_with=at(src.exclude_overlap_with), labels=at(src.labels),
-                            separator_class=config.separator_class, distinct_ground=src.distinct_ground)
-    if isinstance(src, ImageMaskSource):
-        return image_mask_source(at(src.image), at(src.mask), config.gsd_m, src.native_gsd_m, split=src.split,
-                                 val_fraction=src.val_fraction, gap_px=src.gap_px)
-    if isinstance(src, XYZSource):
-        return xyz_source(at(src.tiles_csv), src.zoom, at(src.labels), config.gsd_m, split=src.split,
-                          val_fraction=src.val_fraction, gap_px=src.gap_px, separator_class=config.separator_class)
-    if isinstance(src, NegativesSource):
-        return negatives_source(at(src.images), config.gsd_m)
-    return dubai_source(at(src.root), config.gsd_m, src.assumed_gsd_m, src.val_tiles, src.buildings_only)

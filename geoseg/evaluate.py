@@ -33,6 +33,7 @@ import shapely
 
 from .datasets import IGNORE, read_label_polygons, read_on_grid, vector_labels_on_grid
 from .errors import GeosegError
+from .formats import EVALUATE_ORDER, REGISTRY as FORMATS
 from .metrics import building_scores
 from .read import Grid
 from .stitch import MASK_NODATA
@@ -177,7 +178,7 @@ def _prediction_files(prediction: Path, polygons: str | None) -> tuple[Path, Pat
         summary = prediction / "summary.json"
         if summary.exists():
             building_class = json.loads(summary.read_text()).get("building_class", 1)
-        found = [prediction / f"buildings{s}" for s in (".parquet", ".gpkg", ".geojson") if (prediction / f"buildings{s}").exists()]
+        found = [prediction / FORMATS[k].file_name for k in EVALUATE_ORDER if (prediction / FORMATS[k].file_name).exists()]
         vector = Path(polygons) if polygons else (found[0] if found else None)
     else:
         mask, vector = prediction, Path(polygons) if polygons else None

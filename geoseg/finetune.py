@@ -194,7 +194,7 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
     ``{(threshold, dilation): scores}``."""
     from .evaluate import spacenet_scores
     from .stitch import chunk_rasters
-    from .vectorise import pieces_in_window
+    from .vectorise import VectorParams, pieces_in_window
 
     card = net.card
     min_px = min_area_m2 / card.gsd_m ** 2
@@ -208,9 +208,9 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
         held = lambda poly: bool(g.holdout[min(int(poly.representative_point().y), g.holdout.shape[0] - 1),  # noqa: E731
                                            min(int(poly.representative_point().x), g.holdout.shape[1] - 1)])
         for threshold, dilate in choices:
-            final, border = pieces_in_window(rasters.labels, card.building_class, rasters.probability,
-                                             rasters.separator, whole, g.grid, g.grid.width + g.grid.height,
-                                             separator_threshold=threshold, separator_dilate_px=dilate)
+            params = VectorParams(card.building_class, separator_threshold=threshold, separator_dilate_px=dilate)
+            final, border = pieces_in_window(rasters.labels, rasters.probability, rasters.separator, whole, g.grid,
+                                             g.grid.width + g.grid.height, params)
             predicted[(threshold, dilate)] += [p.polygon for p in final + border if p.pixels >= min_px and held(p.polygon)]
         to_px = ~g.grid.transform
         for poly in g.polygons.to_crs(g.grid.crs).explode(index_parts=False).geometry:

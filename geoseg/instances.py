@@ -9,24 +9,15 @@ under ``min_pixels`` are dropped (fragments cut by the crop border stay if large
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from scipy import ndimage
 
+from .staging import Instance  # the record a tile's detections travel in (torch-free, for the driver's side)
+
+__all__ = ["Instance", "instances_from_labels", "semantic_logits", "tile_instances"]
+
 _FOUR = ndimage.generate_binary_structure(2, 1)
-
-
-@dataclass
-class Instance:
-    """One detection in tile pixels: the top-left (row, col) of ``mask``, a bool array cropped to the instance's
-    bounding box (its first/last rows and columns hold mask pixels), and its score."""
-
-    row_px: int
-    col_px: int
-    mask: np.ndarray
-    score: float
 
 
 def instances_from_labels(labels: np.ndarray, building_class: int, separator_class: int | None,

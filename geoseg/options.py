@@ -1,4 +1,8 @@
-"""Run options: everything ``geoseg run`` can be told, with units in the names, and their checks.
+"""Run options: everything ``geoseg run`` and a job file can be told, with units in the names, and their checks.
+
+:class:`RunOptions` is the one schema: each field declares its ``geoseg run`` flag and help and the job-file
+section it lives in (:func:`option`); the CLI (:func:`geoseg.cli`) and the job file (:mod:`geoseg.job`) are built
+from it, so the two cannot drift apart.
 
 :meth:`RunOptions.check` refuses, before any cluster starts or any tile is read, every value no run can use, with
 one line naming the flag (``--workers -1`` used to wait forever for workers that never came).
@@ -8,11 +12,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import field, fields
+from typing import Literal
+
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 
 from .chunk import CHUNK_PX, window_px_for
 from .errors import GeosegError
-from .write import VECTOR_FORMATS
+from .formats import DEFAULT_FORMATS, check_formats
 
 #: what ``--device`` accepts
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -21,37 +29,63 @@ _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 MAX_CHUNK_PX = 16 * 2048
 
 
-@dataclass
-class RunOptions:
-    """Everything ``geoseg run`` can be told. Units are in the names (px, m, m2)."""
+def option(default, flag: str, help: str, job: str | None = "", **kw):
+    """A run option: its default, its ``geoseg run`` flag and help, and where a job file sets it (``job``: "" at
+    the top level, else the section's name, e.g. "tiling"; None: not in job files, which say it in ``cluster``).
+    The CLI's flags and the job file's sections are built from these, so an option is declared here once."""
+    factory = {"default_factory": lambda: list(default)} if isinstance(default, (list, tuple)) else {"default": default}
+    return field(**factory, metadata={"flag": flag, "help": help, "job": job, **kw})
 
-    backend: str = "auto"  # bgs where the model has a calibrated gate, else unet
-    model: str | None = None
-    device: str = "cpu"
-    precision: str = "auto"
-    tau: float | None = None  # SegBlocks: fraction of blocks at full resolution; None: the card's
-    score_threshold: float | None = None  # instance backends: lowest detection score kept (0-1); None: the card's
-    tta: bool = False  # dense backends: average over left-right and up-down flips (4 passes per tile)
-    tile_px: int = 512
-    overlap_px: int = 64
-    batch_tiles: int = 4
-    chunk_px: int = CHUNK_PX  # side of the chunk a worker finishes whole (geoseg.chunk)
-    bands: list[int] | None = None
-    assume_crs: str | None = None
-    target_gsd_m: float | None = None
-    native_resolution: bool = False
-    formats: list[str] = field(default_factory=lambda: list(VECTOR_FORMATS))
-    min_area_m2: float = 4.0
-    simplify_m: float = 0.25
-    regularise: bool = False  # right-angled outlines (geoseg.outline) instead of simplified ones
-    min_rectangularity: float = 0.0  # drop polygons less rectangular than this (0-1; tree crowns, blobs)
-    separator_threshold: float | None = None  # P(separator) that splits touching buildings; None: the card's
-    separator_dilate_px: int | None = None  # None: the card's
-    adapt: bool = False  # adapt the model to the run's scenes first (geoseg.adapt), without labels
-    adapt_budget_s: float = 90.0  # the most seconds adapting may take
-    workers: int | None = None  # None: one per CPU core; 0: in-process, no cluster
-    scheduler: str | None = None
-    progress: bool = True
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class RunOptions:
+    """Everything ``geoseg run`` and a job file can be told. Units are in the names (px, m, m2, s). Types are
+    checked on construction, values by :meth:`check`."""
+
+    backend: str = option("auto", "--backend", "auto (default: bgs if the model has a calibrated gate, else its "
+                          "architecture's), or a backend: {backends}")
+    model: str | None = option(None, "--model", "model name shipped with geoseg, or path to NAME.safetensors")
+    device: str = option("cpu", "--device", "torch device: cpu or cuda[:N]")
+    precision: Literal["auto", "bf16", "fp32"] = option(
+        "auto", "--precision", "auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
+    tau: float | None = option(None, "--tau", "segblocks: fraction of blocks processed at full resolution, 0-1 "
+                               "(default: the model's)")
+    score_threshold: float | None = option(None, "--score-threshold", "maskrcnn-light/maskrcnn: keep detections "
+                                           "scoring at least this, 0-1 (default: the model's)")
+    tta: bool = option(False, "--tta", "unet/fastscnn/contextnet: average each tile over left-right and up-down flips "
+                       "(4x the model time; with --backend auto it runs the dense backend, not the gate)")
+    tile_px: int = option(512, "--tile", "tile size in pixels", job="tiling")
+    overlap_px: int = option(64, "--overlap", "tile overlap in pixels", job="tiling")
+    batch_tiles: int = option(4, "--batch", "tiles per Dask task", job="tiling")
+    chunk_px: int = option(CHUNK_PX, "--chunk", "side in px of the chunks workers stitch, write and vectorise whole",
+                           job="tiling")
+    bands: list[int] | None = option(None, "--bands", "1-based bands for the model, e.g. 1,2,3 or 1", job="reading")
+    assume_crs: str | None = option(None, "--assume-crs", "CRS for a raster that has none, e.g. EPSG:32636",
+                                    job="reading")
+    target_gsd_m: float | None = option(None, "--target-gsd", "resample the scene to this GSD in metres instead of "
+                                        "the model's (forces coarse scenes)", job="reading")
+    native_resolution: bool = option(False, "--native-resolution", "never resample; run at the scene's own GSD",
+                                     job="reading")
+    formats: list[str] = option(DEFAULT_FORMATS, "--formats", "vector formats: {formats}", job="output")
+    min_area_m2: float = option(4.0, "--min-area", "drop buildings under this many m2", job="output")
+    simplify_m: float = option(0.25, "--simplify", "simplify tolerance in metres", job="output")
+    regularise: bool = option(False, "--regularise", "right-angled building outlines instead of simplified ones",
+                              job="output")
+    min_rectangularity: float = option(0.0, "--min-rectangularity", "drop polygons whose area is under this fraction "
+                                       "of their bounding rectangle's (0-1; 0: off)", job="output")
+    separator_threshold: float | None = option(None, "--separator-threshold", "P(separator) that splits touching "
+                                               "buildings (models with a separator class; default: the card's)",
+                                               job="output")
+    separator_dilate_px: int | None = option(None, "--separator-dilate", "widen predicted separators by this many "
+                                             "pixels before splitting (default: the card's)", job="output")
+    adapt: bool = option(False, "--adapt", "first adapt the model to these scenes without labels (batch-norm "
+                         "statistics, self-training); the adapted weights are written to OUT/adapted/")
+    adapt_budget_s: float = option(90.0, "--adapt-budget", "--adapt: at most this many seconds")
+    workers: int | None = option(None, "--workers", "LocalCluster worker processes (default: CPU cores; 0: "
+                                 "in-process)", job=None)
+    scheduler: str | None = option(None, "--scheduler", "address of an existing Dask scheduler, e.g. "
+                                   "tcp://10.0.0.5:8786", job=None)
+    progress: bool = option(True, "--quiet", "no progress bar", job=None, inverted=True)
 
     def check(self) -> "RunOptions":
         """Refuse, with one line naming the flag, any value no run can use; called before any work starts."""
@@ -85,13 +119,16 @@ class RunOptions:
             bad("--min-rectangularity", self.min_rectangularity, "area over bounding-rectangle area must be in [0, 1]")
         if self.separator_threshold is not None and not 0 <= self.separator_threshold <= 1:
             bad("--separator-threshold", self.separator_threshold, "a probability must be in [0, 1]")
+        if self.score_threshold is not None and not 0 <= self.score_threshold <= 1:
+            bad("--score-threshold", self.score_threshold, "a detection score must be in [0, 1]")
         if self.tau is not None and not (math.isfinite(self.tau) and 0 < self.tau <= 1):
             bad("--tau", self.tau, "the fraction of full-resolution blocks must be in (0, 1]")
         if self.bands is not None and (not self.bands or min(self.bands) < 1):
             bad("--bands", ",".join(map(str, self.bands)) or "''", "give 1-based band numbers, e.g. 1,2,3")
-        unknown = set(self.formats) - set(VECTOR_FORMATS)
-        if unknown:
-            raise GeosegError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VECTOR_FORMATS)}")
+        try:
+            check_formats(self.formats)
+        except ValueError as err:
+            raise GeosegError(f"--formats: {err}") from None
         if not (math.isfinite(self.adapt_budget_s) and self.adapt_budget_s > 0):
             bad("--adapt-budget", self.adapt_budget_s, "seconds must be a number > 0")
         if self.adapt and self.backend not in ("auto", "bgs", "unet", "fastscnn", "contextnet"):
@@ -109,3 +146,16 @@ class RunOptions:
 
 #: every run default, read by the command line (``geoseg run``, ``geoseg calibrate --tile``) and the job schema
 DEFAULTS = RunOptions()
+
+
+def run_fields() -> list:
+    """The fields of :class:`RunOptions`, in order (``.name``, ``.type``, ``.metadata``: flag, help, job)."""
+    return list(fields(RunOptions))
+
+
+def job_field_path(flag: str) -> str | None:
+    """Where a job file sets the option of ``flag`` (``tiling.tile_px``), for errors found by :meth:`check`."""
+    for f in fields(RunOptions):
+        if f.metadata["flag"] == flag and f.metadata["job"] is not None:
+            return f"{f.metadata['job']}.{f.name}" if f.metadata["job"] else f.name
+    return None

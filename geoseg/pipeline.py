@@ -27,82 +27,26 @@ from typing import Iterator, NamedTuple
 from tqdm import tqdm
 
 from .assemble import finishing_steps, save_preview_base
-from .backends import Backend, BackendSpec, describe_backend, resolve_spec
+from .backends import Backend, BackendSpec, RunModel, describe_backend, resolve_spec
 from .architectures import yields_instances
-from .card import ModelCard
 from .chunk import ChunkPlan, plan_chunks, window_px_for
-from .cluster import dask_client, peak_rss_mb, runner_for
+from .cluster import dask_client, runner_for
+from .probes import peak_rss_mb
 from .errors import GeosegError
-from .lock import Owner
+from .formats import REGISTRY, wgs84_only
 from .options import RunOptions
-from .read import is_local_crs, open_scene
-from .summary import RunSummary, scene_summary
-from .staging import SceneWork
+from .read import SceneFacts, SceneReader, is_local_crs, open_scene
+from .summary import RunSummary, SceneDone, scene_summary
+from .staging import STAGING_PREFIX, ChunkResult, FinishResults, Measured, SceneWork, close_output, prepare_output
 from .tasks import predict_batch, process_chunk, with_rss
 from .tile import owned_areas, tile_grid
-from .vectorise import scene_metric_crs
-from .write import discard, publish, scene_folder_names
+from .vectorise import VectorParams, scene_metric_crs
+from .write import publish, scene_folder_names
 
-#: a staging folder's name: the run's process id at the end, so a later run can tell a dead run's leftovers
-STAGING_PREFIX = ".geoseg-partial-"
 #: fewer tiles than this in a whole run: no LocalCluster (starting one costs more than the tiles; issue 17)
 CLUSTER_MIN_TILES = 24
 
 __all__ = ["RunOptions", "RunSummary", "SceneOutcome", "run_scene", "run_scenes", "STAGING_PREFIX"]
-
-
-def _live_staging(scene_dir: Path) -> list[tuple[Path, Owner]]:
-    """Staging folders in ``scene_dir`` whose run may still be going, with their owners; those a killed run
-    (SIGKILL, power cut) left on this host are removed (:mod:`geoseg.lock`: another host's count as live)."""
-    live = []
-    for leftover in scene_dir.glob(f"{STAGING_PREFIX}*"):
-        owner = Owner.parse(leftover.name[len(STAGING_PREFIX):])
-        if owner is not None and owner.alive():
-            live.append((leftover, owner))
-        else:
-            discard(leftover)
-    return live
-
-
-def prepare_output(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
-    """Create ``OUT/<name>/`` and a staging folder in it (``.geoseg-partial-HOST-PID``); a clear error if it
-    cannot be written, or if another live run is writing the same scene folder (two runs would each publish
-    half of their files over the other's). ``name`` must be a safe folder name
-    (:func:`geoseg.write.safe_folder_name`)."""
-    scene_dir = Path(out_dir) / name
-    try:
-        scene_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(scene_dir / f"{STAGING_PREFIX}{Owner.me().tag}")
-        staging.mkdir(exist_ok=True)  # first, then look: of two runs starting together, neither misses the other
-        others = [(path, owner) for path, owner in _live_staging(scene_dir) if path != staging]
-        if others:
-            discard(staging)
-            path, owner = others[0]
-            raise GeosegError(f"{scene_dir}: another geoseg run is writing this folder (host {owner.host}, pid "
-                              f"{owner.pid}); wait for it or choose another -o (if it is dead, remove {path})")
-        (staging / "pieces").mkdir(exist_ok=True)
-    except OSError as err:
-        raise GeosegError(f"cannot write to output folder {scene_dir}: {err.strerror}") from None
-    if not os.access(staging, os.W_OK):
-        discard(staging)
-        raise GeosegError(f"cannot write to output folder {scene_dir}: permission denied")
-    return scene_dir, staging
-
-
-def _close_output(scene_dir: Path, staging: Path) -> None:
-    discard(staging)
-    if scene_dir.exists() and not any(scene_dir.iterdir()):
-        scene_dir.rmdir()  # a failed first run leaves no folder behind either
-
-
-@dataclass
-class RunModel:
-    """The model a run uses, resolved once on the driver: what workers build, its card and weights checksum."""
-
-    spec: BackendSpec | Backend
-    card: ModelCard
-    sha256: str
-    adapted: dict | None = None  # what geoseg.adapt did to give these weights (AdaptReport), if it did
 
 
 def resolve_model(opts: RunOptions, backend: Backend | None = None) -> RunModel:
@@ -132,16 +76,17 @@ class SceneRun:
     staging: Path
     work: SceneWork
     plan: ChunkPlan
-    facts: dict
-    reader: object
+    facts: SceneFacts
+    reader: SceneReader
     tiles_total: int
     started: float
     attempt: int = 1
     next_chunk: int = 0
-    batch_futures: dict = field(default_factory=dict)
+    batch_futures: dict = field(default_factory=dict)  # batch index -> future of its BatchResult
     last_user: list = field(default_factory=list)
-    results: list = field(default_factory=list)
-    finishing: dict = field(default_factory=dict)
+    results: list[ChunkResult] = field(default_factory=list)
+    finishing: dict = field(default_factory=dict)  # finishing step kind -> its result (geoseg.assemble)
+    finished: FinishResults | None = None
     waiting_on: set = field(default_factory=set)
     driver_s: float = 0.0  # the driver's own wall time for this scene: open, plan, submit, collect, publish
     worker_rss_mb: dict = field(default_factory=dict)  # worker process -> the highest peak RSS its tasks reported
@@ -155,6 +100,17 @@ class SceneRun:
         return self.next_chunk < len(self.plan.chunks)
 
 
+@dataclass(frozen=True)
+class Pending:
+    """What a future in flight is to the driver: a chunk task (with the tile batches it newly submitted, which
+    count against the in-flight bound) or one finishing step of its scene."""
+
+    run: SceneRun
+    kind: str  # "chunk" or "finish"
+    batches: int = 0
+    step: str = ""  # finishing: "mask", "probability" or "vectors"
+
+
 def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions, model: RunModel) -> SceneRun:
     """Validate a scene and plan it; creates its staging folder. Raises GeosegError for bad input."""
     started = time.perf_counter()
@@ -166,33 +122,37 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
                         assume_crs=opts.assume_crs, target_gsd_m=opts.target_gsd_m,
                         native_resolution=opts.native_resolution)
     grid = opened.reader.grid
-    if "geojson" in opts.formats and is_local_crs(grid.crs):
-        raise GeosegError(f"{scene}: its CRS is a local site grid that cannot be placed on the globe, and GeoJSON is "
-                          "in WGS84 (RFC 7946); use --formats gpkg,shp,parquet, which keep the scene's CRS")
+    if wgs84_only(opts.formats) and is_local_crs(grid.crs):
+        keep = ",".join(k for k in REGISTRY if not REGISTRY[k].wgs84_only)
+        raise GeosegError(f"{scene}: its CRS is a local site grid that cannot be placed on the globe, and "
+                          f"{', '.join(REGISTRY[k].description for k in wgs84_only(opts.formats))} is in WGS84; use "
+                          f"--formats {keep}, which keep the scene's CRS")
     tiles = tile_grid(grid.height, grid.width, opts.tile_px, opts.overlap_px)
     plan = plan_chunks(grid.height, grid.width, tiles, opts.chunk_px, opts.batch_tiles)
     scene_dir, staging = prepare_output(out_dir, name)
     try:
         save_preview_base(staging, opened.reader, opened.overview)
     except OSError:
-        _close_output(scene_dir, staging)
+        close_output(scene_dir, staging)
         raise
-    gsd_m = opened.facts["grid_gsd_m"]
+    gsd_m = opened.facts.grid_gsd_m
     owned = None
     if yields_instances(card.architecture):
         owned = owned_areas(tiles, grid.height, grid.width)
     published = card.classes if card.separator_class is None else card.classes[:card.separator_class]
-    work = SceneWork(
-        grid=grid, staging=str(staging), n_classes=len(card.classes), building_class=card.building_class,
-        separator_class=card.separator_class,
-        mask_tags={"CLASSES": ",".join(published), "BUILDING_CLASS": str(card.building_class)},
-        chunk_px=opts.chunk_px, window_px=window_px_for(opts.chunk_px), gsd_m=gsd_m,
-        metric_wkt=scene_metric_crs(grid).to_wkt(),
+    vector = VectorParams(
+        building_class=card.building_class,
         # 0.8: a margin for the difference between pixel area and area in the metric CRS; exact filter follows
-        min_pixels=int(0.8 * opts.min_area_m2 / gsd_m ** 2), min_area_m2=opts.min_area_m2, simplify_m=opts.simplify_m,
+        min_pixels=int(0.8 * opts.min_area_m2 / gsd_m ** 2),
         separator_threshold=_either(opts.separator_threshold, card.separator_threshold),
         separator_dilate_px=_either(opts.separator_dilate_px, card.separator_dilate_px),
-        shaping={"regularise": opts.regularise, "min_rectangularity": opts.min_rectangularity}, owned=owned)
+        min_area_m2=opts.min_area_m2, simplify_m=opts.simplify_m, regularise=opts.regularise,
+        min_rectangularity=opts.min_rectangularity)
+    work = SceneWork(
+        grid=grid, staging=str(staging), n_classes=len(card.classes), separator_class=card.separator_class,
+        mask_tags={"CLASSES": ",".join(published), "BUILDING_CLASS": str(card.building_class)},
+        chunk_px=opts.chunk_px, window_px=window_px_for(opts.chunk_px), gsd_m=gsd_m,
+        metric_wkt=scene_metric_crs(grid).to_wkt(), vector=vector, owned=owned)
     return SceneRun(str(scene), name, scene_dir, staging, work, plan, opened.facts, opened.reader, len(tiles), started,
                     last_user=plan.last_user(), driver_s=time.perf_counter() - started)
 
@@ -226,7 +186,7 @@ class _Driver:
         self.retries = retries
         self.queue: deque = deque()  # (path, name, attempt)
         self.active: list[SceneRun] = []
-        self.owner: dict = {}  # future -> (scene run, ("chunk", new batches) | ("finish", kind))
+        self.owner: dict = {}  # future -> Pending
         self.batches_in_flight = 0
         self.bar = tqdm(total=0, unit="tile", desc="tiles", disable=not opts.progress, file=sys.stderr, leave=False)
 
@@ -258,10 +218,10 @@ class _Driver:
         for b in new:
             run.batch_futures[b] = self.runner.submit(predict_batch, run.reader, self.model.spec, run.plan.batches[b])
         own = set(run.plan.own[c])
-        finish = (list(self.opts.formats),) if len(run.plan.chunks) == 1 else None
+        finish = list(self.opts.formats) if len(run.plan.chunks) == 1 else None
         future = self.runner.submit(process_chunk, run.work, run.plan.chunks[c],
                                     [run.batch_futures[b] for b in needed], [b in own for b in needed], finish)
-        self._track(future, run, ("chunk", max(1, len(new))))
+        self._track(future, Pending(run, "chunk", batches=max(1, len(new))))
         self.batches_in_flight += max(1, len(new))
         for b in needed:
             if run.last_user[b] == c:
@@ -272,17 +232,17 @@ class _Driver:
         """The COGs and the vector files (+ preview) of a scene whose chunks are all done: three tasks."""
         steps = finishing_steps(run.work, run.plan.chunks, list(self.opts.formats))
         for kind, (fn, *args) in steps.items():
-            self._track(self.runner.submit(with_rss, fn, *args, priority=1), run, ("finish", kind))  # before chunks
+            self._track(self.runner.submit(with_rss, fn, *args, priority=1), Pending(run, "finish", step=kind))  # first
 
     def collect(self, future) -> Iterator[SceneOutcome]:
         """Take one finished future: a chunk (the scene's finishing follows its last), a finishing task (the
         scene is published after its last), or a failure (the scene is dropped, and retried or reported)."""
         if future not in self.owner:
             return  # cancelled with its scene
-        run, (what, detail) = self.owner.pop(future)
+        pending = self.owner.pop(future)
+        run = pending.run
         run.waiting_on.discard(future)
-        if what == "chunk":
-            self.batches_in_flight -= detail
+        self.batches_in_flight -= pending.batches
         try:
             result = future.result()
         except Exception as err:  # noqa: BLE001 - a scene fails alone; transient failures are retried
@@ -294,18 +254,21 @@ class _Driver:
                 self.queue.appendleft((run.scene, run.name, run.attempt + 1))
             return
         with self._driver_time(run):
-            if what == "chunk":
+            if pending.kind == "chunk":
                 run.results.append(result)
                 run.note_rss(result.rss_mb)
                 self.bar.update(sum(len(run.plan.batches[b]) for b in run.plan.own[result.index]))
                 if result.finished is not None:
-                    run.finishing = result.finished
+                    run.finished = result.finished
                 elif len(run.results) == len(run.plan.chunks):
                     self.submit_finishing(run)
             else:
-                run.finishing[detail], rss = result
-                run.note_rss(rss)
-        if len(run.finishing) == 3:
+                measured: Measured = result
+                run.finishing[pending.step] = measured.value
+                run.note_rss(measured.rss_mb)
+                if len(run.finishing) == 3:
+                    run.finished = FinishResults.of(run.finishing)
+        if run.finished is not None:
             self.active.remove(run)
             yield SceneOutcome(run.scene, run.name, _publish(run, self.model, self.opts, self.client), run.attempt)
 
@@ -313,17 +276,17 @@ class _Driver:
         """Cancel what a failed scene still waits on, and remove its staging folder."""
         self.runner.cancel(run.waiting_on | set(run.batch_futures.values()))
         for future in run.waiting_on:
-            what, detail = self.owner.pop(future, (None, ("", 0)))[1]
-            if what == "chunk":
-                self.batches_in_flight -= detail
+            pending = self.owner.pop(future, None)
+            if pending is not None:
+                self.batches_in_flight -= pending.batches
         run.waiting_on.clear()
         run.batch_futures.clear()
         self.active.remove(run)
-        _close_output(run.scene_dir, run.staging)
+        close_output(run.scene_dir, run.staging)
 
-    def _track(self, future, run: SceneRun, what: tuple) -> None:
-        self.owner[future] = (run, what)
-        run.waiting_on.add(future)
+    def _track(self, future, pending: Pending) -> None:
+        self.owner[future] = pending
+        pending.run.waiting_on.add(future)
 
     @contextmanager
     def _driver_time(self, run: SceneRun) -> Iterator[None]:
@@ -336,14 +299,16 @@ class _Driver:
 def _publish(run: SceneRun, model: RunModel, opts: RunOptions, client) -> RunSummary | Exception:
     try:
         workers_rss_mb = sum(run.worker_rss_mb.values()) if client is not None else 0.0  # in-process: the driver's
-        summary = scene_summary(run, model, opts, peak_rss_mb(), workers_rss_mb)
+        done = SceneDone(run.facts, run.work, tuple(run.results), run.finished, run.tiles_total,
+                         time.perf_counter() - run.started, run.driver_s, peak_rss_mb(), workers_rss_mb)
+        summary = scene_summary(done, model, opts)
         (run.staging / "summary.json").write_text(summary.to_json())
         publish(run.staging, run.scene_dir, summary.outputs + ["summary.json"])
         return summary
     except OSError as err:
         return err
     finally:
-        _close_output(run.scene_dir, run.staging)
+        close_output(run.scene_dir, run.staging)
 
 
 def one_line_error(err: Exception) -> str:

@@ -313,9 +313,24 @@ def _check_pixels(path: str, src: rasterio.DatasetReader, bands: Sequence[int]) 
                               "not brightness; expand it first, e.g. gdal_translate -expand rgb")
 
 
+@dataclass(frozen=True)
+class SceneFacts:
+    """What a run reports of the scene it read (``summary.json``): its path, CRS, the bands read (1-based), its
+    size and GSD, and those of the grid it was processed on (resampled or not)."""
+
+    scene: str
+    crs: str
+    bands: list[int]
+    source_size_px: list[int]
+    source_gsd_m: float
+    grid_size_px: list[int]
+    grid_gsd_m: float
+    resampled: bool
+
+
 class OpenedScene(NamedTuple):
     reader: SceneReader
-    facts: dict  # JSON-ready facts for the summary
+    facts: SceneFacts
     overview: tuple[np.ndarray, np.ndarray]  # decimated raw pixels and valid mask (statistics, preview)
 
 
@@ -355,16 +370,9 @@ def open_scene(
     )
     overview = reader.read_overview()
     low, high = scene_stretch(*overview)
-    facts = {
-        "scene": path,
-        "crs": source_crs.to_string(),
-        "bands": list(chosen),
-        "source_size_px": [src.width, src.height],
-        "source_gsd_m": round(scene_gsd_m, 4),
-        "grid_size_px": [grid.width, grid.height],
-        "grid_gsd_m": round(scene_gsd_m * src.width / grid.width, 4),
-        "resampled": resampled,
-    }
+    facts = SceneFacts(scene=path, crs=source_crs.to_string(), bands=list(chosen), source_size_px=[src.width, src.height],
+                       source_gsd_m=round(scene_gsd_m, 4), grid_size_px=[grid.width, grid.height],
+                       grid_gsd_m=round(scene_gsd_m * src.width / grid.width, 4), resampled=resampled)
     return OpenedScene(replace(reader, band_low=low, band_high=high), facts, overview)
 
 

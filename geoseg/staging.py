@@ -1,19 +1,48 @@
-"""The staging floor between a scene's chunk tasks (:mod:`geoseg.tasks`) and its finishing steps
-(:mod:`geoseg.assemble`): what every chunk of a scene knows (:class:`SceneWork`), where its pieces lie in the staging
-folder, and the chunk border pieces and instances written there and read back, as plain arrays (never a pickle:
-whoever can write into the staging folder during a run must not be able to run code in the worker that reads it).
-Both stages import this module; neither imports the other at load time.
+"""The staging floor between a scene's chunk tasks (:mod:`geoseg.tasks`), its finishing steps
+(:mod:`geoseg.assemble`), the driver (:mod:`geoseg.pipeline`) and the summary (:mod:`geoseg.summary`): the typed
+records that cross the worker boundary and the stages, as frozen values, and the staging folder's layout.
+
+* :class:`SceneWork`: what every chunk of a scene knows (the driver's plan, sent to workers);
+* :class:`BatchStats`: what a tile batch cost (seconds, tiles, backend counters), summed with ``+``;
+* :class:`ChunkResult`: what a chunk task reports (its batches' stats, its seconds, its polygons);
+* :class:`VectorsWritten`, :class:`FinishResults`: what the finishing steps report;
+* :class:`Measured`: a task's value with the peak RSS of the worker that ran it;
+* :class:`Instance`: one building detection of an instance model.
+
+A scene's staging folder (``OUT/<scene>/.geoseg-partial-HOST-PID``, :func:`prepare_output`) holds
+``pieces/<kind>-NNNNN<suffix>`` (:func:`piece_path`); the chunk border pieces and
+instances are written there and read back as plain arrays (never a pickle: whoever can write into the staging
+folder during a run must not be able to run code in the worker that reads it). Every stage imports this module;
+it imports none of them but the value types it stores.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import shapely
 
+from .errors import GeosegError
+from .lock import Owner
 from .read import Grid
+from .vectorise import Piece, VectorParams
+from .write import discard
+
+
+@dataclass
+class Instance:
+    """One detection in tile pixels (or, once kept by its chunk, grid pixels): the top-left (row, col) of ``mask``,
+    a bool array cropped to the instance's bounding box (its first/last rows and columns hold mask pixels), and
+    its score. Made by :mod:`geoseg.instances` on the workers."""
+
+    row_px: int
+    col_px: int
+    mask: np.ndarray
+    score: float
 
 
 @dataclass(frozen=True)
@@ -23,21 +52,142 @@ class SceneWork:
     grid: Grid
     staging: str
     n_classes: int
-    building_class: int
     separator_class: int | None
     mask_tags: dict
     chunk_px: int
     window_px: int
     gsd_m: float
     metric_wkt: str
-    min_pixels: int = 0
-    min_area_m2: float = 0.0
-    simplify_m: float = 0.0
-    separator_threshold: float = 0.5
-    separator_dilate_px: int = 0
-    shaping: dict = field(default_factory=dict)
+    vector: VectorParams = VectorParams()
     #: instance models: (row_off, col_off) of each tile -> the scene pixels it owns (geoseg.tile.owned_areas)
     owned: dict | None = None
+
+    @property
+    def building_class(self) -> int:
+        return self.vector.building_class
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one or more tile batches cost on the workers: seconds reading and in the model, tiles encoded (any valid
+    pixel), decoded (past the gate), run in bf16, and the backend's own counters (blocks, instances...)."""
+
+    read_s: float = 0.0
+    model_s: float = 0.0
+    encoded: int = 0
+    decoded: int = 0
+    bf16_tiles: int = 0
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: BatchStats) -> BatchStats:
+        counters = dict(self.counters)
+        for key, value in other.counters.items():
+            counters[key] = counters.get(key, 0) + value
+        return BatchStats(self.read_s + other.read_s, self.model_s + other.model_s, self.encoded + other.encoded,
+                          self.decoded + other.decoded, self.bf16_tiles + other.bf16_tiles, counters)
+
+    @staticmethod
+    def total(stats: Iterable[BatchStats]) -> BatchStats:
+        return sum(stats, BatchStats())
+
+
+@dataclass(frozen=True)
+class VectorsWritten:
+    """The vector finishing step of a scene: buildings written, seconds, file names (vector files, sidecars, the
+    preview; ``instances.tif`` first for instance models) and, for instance models, the instances kept before
+    ``min_area_m2``."""
+
+    buildings: int
+    seconds: float
+    outputs: tuple[str, ...]
+    instances_kept: int | None = None
+
+
+@dataclass(frozen=True)
+class FinishResults:
+    """A scene's three finishing steps: seconds writing each COG, and the vectors."""
+
+    mask_s: float
+    probability_s: float
+    vectors: VectorsWritten
+
+    @staticmethod
+    def of(steps: Mapping[str, float | VectorsWritten]) -> FinishResults:
+        """From ``kind -> result`` of :func:`geoseg.assemble.finishing_steps`."""
+        return FinishResults(steps["mask"], steps["probability"], steps["vectors"])
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a chunk task reports to the driver: its own batches' stats, seconds on the worker, the final polygons in
+    its parquet piece, the pieces (or instances) in its ``chunk-NNNNN.npz`` for the finishing step, the peak RSS
+    of its worker and, for a scene of one chunk, the scene's finishing done in the same task."""
+
+    index: int
+    stats: BatchStats
+    stitch_s: float
+    write_s: float
+    vectorise_s: float
+    polygons: int
+    border: int
+    rss_mb: Mapping[str, float] = field(default_factory=dict)
+    finished: FinishResults | None = None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A task's result and the peak RSS (MB) of the worker process that ran it, keyed ``host:pid``."""
+
+    value: object
+    rss_mb: Mapping[str, float]
+
+
+#: a staging folder's name: the run's owner (``HOST-PID``) at the end, so a later run can tell a dead run's leftovers
+STAGING_PREFIX = ".geoseg-partial-"
+
+
+def _live_staging(scene_dir: Path) -> list[tuple[Path, Owner]]:
+    """Staging folders in ``scene_dir`` whose run may still be going, with their owners; those a killed run
+    (SIGKILL, power cut) left on this host are removed (:mod:`geoseg.lock`: another host's count as live)."""
+    live = []
+    for leftover in scene_dir.glob(f"{STAGING_PREFIX}*"):
+        owner = Owner.parse(leftover.name[len(STAGING_PREFIX):])
+        if owner is not None and owner.alive():
+            live.append((leftover, owner))
+        else:
+            discard(leftover)
+    return live
+
+
+def prepare_output(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """Create ``OUT/<name>/`` and a staging folder in it (``.geoseg-partial-HOST-PID``); a clear error if it
+    cannot be written, or if another live run is writing the same scene folder (two runs would each publish
+    half of their files over the other's). ``name`` must be a safe folder name
+    (:func:`geoseg.write.safe_folder_name`)."""
+    scene_dir = Path(out_dir) / name
+    try:
+        scene_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(scene_dir / f"{STAGING_PREFIX}{Owner.me().tag}")
+        staging.mkdir(exist_ok=True)  # first, then look: of two runs starting together, neither misses the other
+        others = [(path, owner) for path, owner in _live_staging(scene_dir) if path != staging]
+        if others:
+            discard(staging)
+            path, owner = others[0]
+            raise GeosegError(f"{scene_dir}: another geoseg run is writing this folder (host {owner.host}, pid "
+                              f"{owner.pid}); wait for it or choose another -o (if it is dead, remove {path})")
+        (staging / "pieces").mkdir(exist_ok=True)
+    except OSError as err:
+        raise GeosegError(f"cannot write to output folder {scene_dir}: {err.strerror}") from None
+    if not os.access(staging, os.W_OK):
+        discard(staging)
+        raise GeosegError(f"cannot write to output folder {scene_dir}: permission denied")
+    return scene_dir, staging
+
+
+def close_output(scene_dir: Path, staging: Path) -> None:
+    discard(staging)
+    if scene_dir.exists() and not any(scene_dir.iterdir()):
+        scene_dir.rmdir()  # a failed first run leaves no folder behind either
 
 
 def piece_path(staging: str | Path, kind: str, index: int, suffix: str = ".tif") -> Path:
@@ -54,9 +204,7 @@ def dump_pieces(path: Path, pieces: list) -> None:
                  window=np.array([-1 if p.window is None else p.window for p in pieces], np.int64))
 
 
-def load_pieces(path: Path) -> list:
-    from .vectorise import Piece
-
+def load_pieces(path: Path) -> list[Piece]:
     with np.load(path, allow_pickle=False) as a:
         blob, ends = a["wkb"].tobytes(), a["ends"].tolist()
         starts = [0] + ends[:-1]
@@ -74,9 +222,7 @@ def dump_instances(path: Path, instances: list) -> None:
                  masks=np.concatenate([i.mask.ravel() for i in instances]).astype(bool) if instances else np.zeros(0, bool))
 
 
-def load_instances(path: Path) -> list:
-    from .instances import Instance
-
+def load_instances(path: Path) -> list[Instance]:
     with np.load(path, allow_pickle=False) as a:
         masks, out, at = a["masks"], [], 0
         for row, col, score, (h, w) in zip(a["rows"].tolist(), a["cols"].tolist(), a["scores"].tolist(), a["shapes"].tolist()):

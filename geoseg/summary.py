@@ -7,15 +7,18 @@ plan, submit, collect, publish), so their ratio is the serial share of a run.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .read import SceneFacts
+from .staging import BatchStats, ChunkResult, FinishResults, SceneWork
 
 if TYPE_CHECKING:
+    from .backends import RunModel
     from .options import RunOptions
-    from .pipeline import RunModel, SceneRun
 
 
 @dataclass
@@ -81,56 +84,63 @@ class RunSummary:
         return json.dumps(self.as_dict(), indent=2) + "\n"
 
 
-def scene_summary(run: SceneRun, model: RunModel, opts: RunOptions, driver_rss_mb: float,
-                  workers_rss_mb: float) -> RunSummary:
-    """The record of a finished scene, from its chunks' and finishing tasks' results."""
-    import time
+@dataclass(frozen=True)
+class SceneDone:
+    """A scene whose chunks and finishing steps are all in, as the driver hands it to :func:`scene_summary`:
+    records only (no futures, no driver state)."""
 
-    card, results = model.card, run.results
-    encoded = sum(r.stats["encoded"] for r in results)
-    decoded = sum(r.stats["decoded"] for r in results)
-    bf16 = sum(r.stats["bf16_tiles"] for r in results)
-    counters: dict[str, int] = {}
-    for r in results:
-        for key, value in r.stats["counters"].items():
-            counters[key] = counters.get(key, 0) + value
-    vectors = run.finishing["vectors"]
+    facts: SceneFacts
+    work: SceneWork
+    chunks: tuple[ChunkResult, ...]
+    finished: FinishResults
+    tiles_total: int
+    seconds: float  # wall time from opening the scene to its last finishing step
+    driver_s: float
+    driver_rss_mb: float
+    workers_rss_mb: float
+
+
+def scene_summary(done: SceneDone, model: RunModel, opts: RunOptions) -> RunSummary:
+    """The record of a finished scene, from its chunks' and finishing steps' results."""
+    card, results, vectors = model.card, done.chunks, done.finished.vectors
+    stats = BatchStats.total(r.stats for r in results)
+    encoded, decoded, counters = stats.encoded, stats.decoded, stats.counters
     stages = {
-        "read_on_workers": sum(r.stats["read_s"] for r in results),
-        "model_on_workers": sum(r.stats["model_s"] for r in results),
-        "stitch_on_workers": sum(r.seconds["stitch_s"] for r in results),
-        "vectorise_on_workers": sum(r.seconds["vectorise_s"] for r in results) + vectors[1],
-        "write_on_workers": sum(r.seconds["write_s"] for r in results) + run.finishing["mask"]
-        + run.finishing["probability"],
+        "read_on_workers": stats.read_s,
+        "model_on_workers": stats.model_s,
+        "stitch_on_workers": sum(r.stitch_s for r in results),
+        "vectorise_on_workers": sum(r.vectorise_s for r in results) + vectors.seconds,
+        "write_on_workers": sum(r.write_s for r in results) + done.finished.mask_s + done.finished.probability_s,
     }
-    seconds = time.perf_counter() - run.started
-    megapixels = run.work.grid.megapixels
+    seconds, driver_rss_mb, workers_rss_mb = done.seconds, done.driver_rss_mb, done.workers_rss_mb
+    megapixels = done.work.grid.megapixels
     details = _segblocks_details(card, opts, counters)
-    if run.work.owned is not None:
-        details |= {"instances_detected": counters.get("instances_detected", 0), "instances_kept": vectors[3],
+    if done.work.owned is not None:
+        details |= {"instances_detected": counters.get("instances_detected", 0),
+                    "instances_kept": vectors.instances_kept,
                     "instance_score_threshold": card.instance_score_threshold}
     if card.separator_class is not None:
-        details |= {"separator_threshold": run.work.separator_threshold,
-                    "separator_dilate_px": run.work.separator_dilate_px}
+        details |= {"separator_threshold": done.work.vector.separator_threshold,
+                    "separator_dilate_px": done.work.vector.separator_dilate_px}
     return RunSummary(
-        geoseg_version=__version__, **run.facts, input=str(Path(run.reader.path).resolve()),
-        backend=getattr(model.spec, "name", "custom"), model=card.name, model_trained=card.trained,
+        geoseg_version=__version__, **asdict(done.facts), input=str(Path(done.facts.scene).resolve()),
+        backend=model.backend_name, model=card.name, model_trained=card.trained,
         classes=card.mask_classes, building_class=card.building_class, model_sha256=model.sha256,
-        device=opts.device, precision=opts.precision, precision_used=_precision_used(bf16, encoded),
-        tile_px=opts.tile_px, overlap_px=opts.overlap_px, chunk_px=opts.chunk_px, chunks=len(run.plan.chunks),
-        tiles_total=run.tiles_total, tiles_nodata=run.tiles_total - encoded, tiles_encoded=encoded,
+        device=opts.device, precision=opts.precision, precision_used=_precision_used(stats.bf16_tiles, encoded),
+        tile_px=opts.tile_px, overlap_px=opts.overlap_px, chunk_px=opts.chunk_px, chunks=len(results),
+        tiles_total=done.tiles_total, tiles_nodata=done.tiles_total - encoded, tiles_encoded=encoded,
         tiles_decoded=decoded, decoder_execution_rate=round(decoded / encoded, 4) if encoded else 0.0,
         megapixels=round(megapixels, 3), seconds=round(seconds, 2),
         megapixels_per_second=round(megapixels / seconds, 4),
-        stage_seconds={k: round(v, 2) for k, v in stages.items()} | {"driver": round(run.driver_s, 2)},
-        worker_s=round(sum(stages.values()), 2), driver_s=round(run.driver_s, 2),
-        buildings=vectors[0], min_area_m2=opts.min_area_m2, simplify_m=opts.simplify_m, regularise=opts.regularise,
+        stage_seconds={k: round(v, 2) for k, v in stages.items()} | {"driver": round(done.driver_s, 2)},
+        worker_s=round(sum(stages.values()), 2), driver_s=round(done.driver_s, 2),
+        buildings=vectors.buildings, min_area_m2=opts.min_area_m2, simplify_m=opts.simplify_m, regularise=opts.regularise,
         min_rectangularity=opts.min_rectangularity, peak_rss_mb=round(driver_rss_mb + workers_rss_mb, 1),
         peak_rss_mb_driver=round(driver_rss_mb, 1), peak_rss_mb_workers=round(workers_rss_mb, 1),
-        outputs=["mask.tif", "probability.tif"] + vectors[2], details=details, adapt=model.adapted)
+        outputs=["mask.tif", "probability.tif"] + list(vectors.outputs), details=details, adapt=model.adapted)
 
 
-def _segblocks_details(card, opts: RunOptions, counts: dict[str, int]) -> dict:
+def _segblocks_details(card, opts: RunOptions, counts: Mapping[str, int]) -> dict:
     """For block-based models: tau asked for, how it was reached, and the high-resolution fraction achieved."""
     if not card.block_px:
         return {}

@@ -6,28 +6,39 @@ submits them and moves files; the finishing steps that follow a scene's last chu
 A chunk task writes into the scene's staging folder, which workers must therefore see (the output folder on a
 shared file system, as on any cluster): ``pieces/mask-NNNNN.tif``, ``pieces/probability-NNNNN.tif``,
 ``pieces/buildings-NNNNN.parquet`` (its final polygons, georeferenced) and ``pieces/chunk-NNNNN.npz`` (the
-pieces touching its border, or for instance models its instances; plain arrays, never a pickle). It returns a small :class:`ChunkResult`.
+pieces touching its border, or for instance models its instances; plain arrays, never a pickle). It returns a small
+:class:`geoseg.staging.ChunkResult`; every value that crosses to the driver is a record of :mod:`geoseg.staging`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from .assemble import finish_scene
 from .backends import Backend, BackendSpec, load_backend
 from .chunk import Chunk
+from .probes import worker_rss_mb
 from .read import SceneReader
-from .staging import SceneWork, dump_instances, dump_pieces, piece_path
+from .staging import BatchStats, ChunkResult, Instance, Measured, SceneWork, dump_instances, dump_pieces, piece_path
 from .stitch import MASK_NODATA, TilePrediction, blend_chunk, chunk_rasters, write_piece
 from .tile import Tile
 from .vectorise import pieces_in_window, pieces_to_frame, windows_of
 
 
-def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: list[Tile]) -> tuple[list[TilePrediction], dict]:
+@dataclass(frozen=True)
+class BatchResult:
+    """A tile batch's predictions (every tile, all-nodata ones without probabilities) and what it cost."""
+
+    predictions: list[TilePrediction]
+    stats: BatchStats
+
+
+def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: list[Tile]) -> BatchResult:
     """Read a batch of tiles, run the model on those with any valid pixel. All-nodata tiles never reach the
-    model. Returns the predictions and timings (seconds) of this batch."""
+    model."""
     if isinstance(backend, BackendSpec):
         backend = load_backend(backend)  # once per worker process (cached), not counted as read time
     t0 = time.perf_counter()
@@ -46,44 +57,22 @@ def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: li
     t2 = time.perf_counter()
     predictions = [TilePrediction(t, probabilities.get(i), reads[i][1], instances.get(i)) for i, t in enumerate(tiles)]
     bf16 = len(keep) if getattr(backend, "bf16", False) else 0  # what the worker's CPU made of --precision
-    return predictions, {"read_s": t1 - t0, "model_s": t2 - t1, "encoded": len(keep), "decoded": decoded,
-                         "bf16_tiles": bf16, "counters": counters}
+    return BatchResult(predictions, BatchStats(t1 - t0, t2 - t1, len(keep), decoded, bf16, counters))
 
 
-@dataclass
-class ChunkResult:
-    index: int
-    stats: dict  # summed batch statistics of the chunk's own batches
-    seconds: dict  # stitch_s, vectorise_s, write_s on the worker
-    polygons: int  # final polygons in its parquet piece
-    border: int  # pieces (or instances) in its chunk-NNNNN.npz, for the scene's finishing step
-    rss_mb: dict = field(default_factory=dict)  # worker process -> its peak RSS, MB
-    finished: dict | None = None  # a one-chunk scene's finishing (geoseg.assemble), done in the same task
-
-
-def worker_rss_mb() -> dict[str, float]:
-    """This process's peak RSS, keyed by host and process id (summed per distinct worker in the summary)."""
-    import os
-    import socket
-
-    from .cluster import peak_rss_mb
-
-    return {f"{socket.gethostname()}:{os.getpid()}": peak_rss_mb()}
-
-
-def with_rss(fn, *args):
+def with_rss(fn, *args) -> Measured:
     """Run a task; return its result and the peak RSS of the worker that ran it (no extra call to every worker)."""
-    return fn(*args), worker_rss_mb()
+    return Measured(fn(*args), worker_rss_mb())
 
 
-def process_chunk(work: SceneWork, chunk: Chunk, batches: list[tuple[list[TilePrediction], dict]],
-                  own: list[bool], finish: tuple | None = None) -> ChunkResult:
+def process_chunk(work: SceneWork, chunk: Chunk, batches: list[BatchResult], own: list[bool],
+                  finish_formats: list[str] | None = None) -> ChunkResult:
     """Blend the chunk core from the tiles of ``batches`` that intersect it, write its raster pieces, vectorise it.
     ``own[i]``: batch ``i`` is one of this chunk's own (its statistics are counted here, once per scene).
-    ``finish``: ``(formats,)`` for a scene of one chunk, whose finishing this task then does too (one task
-    fewer per chip, and no hop through the scheduler)."""
+    ``finish_formats``: for a scene of one chunk, the vector formats of its finishing, which this task then does
+    too (one task fewer per chip, and no hop through the scheduler)."""
     t0 = time.perf_counter()
-    predictions = [p for batch, _ in batches for p in batch if chunk.intersects(p.tile)]
+    predictions = [p for batch in batches for p in batch.predictions if chunk.intersects(p.tile)]
     probs, valid = blend_chunk(chunk.window, predictions, work.n_classes)
     rasters = chunk_rasters(probs, valid, work.building_class, work.separator_class)
     del probs
@@ -98,15 +87,10 @@ def process_chunk(work: SceneWork, chunk: Chunk, batches: list[tuple[list[TilePr
     else:
         polygons, border = 0, _owned_instances(work, chunk, predictions)
     t3 = time.perf_counter()
-    stats = _sum_stats([s for (_, s), mine in zip(batches, own) if mine])
-    result = ChunkResult(chunk.index, stats, {"stitch_s": t1 - t0, "write_s": t2 - t1, "vectorise_s": t3 - t2},
-                         polygons, border)
-    if finish is not None:
-        from .assemble import finish_scene
-
-        result.finished = finish_scene(work, [chunk], *finish)
-    result.rss_mb = worker_rss_mb()
-    return result
+    stats = BatchStats.total(batch.stats for batch, mine in zip(batches, own) if mine)
+    finished = finish_scene(work, [chunk], finish_formats) if finish_formats is not None else None
+    return ChunkResult(chunk.index, stats, stitch_s=t1 - t0, write_s=t2 - t1, vectorise_s=t3 - t2, polygons=polygons,
+                       border=border, rss_mb=worker_rss_mb(), finished=finished)
 
 
 def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:
@@ -116,16 +100,13 @@ def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:
         rows = slice(int(window.row_off) - chunk.row_off, int(window.row_off + window.height) - chunk.row_off)
         cols = slice(int(window.col_off) - chunk.col_off, int(window.col_off + window.width) - chunk.col_off)
         separator = rasters.separator[rows, cols] if rasters.separator is not None else None
-        done, touching = pieces_in_window(rasters.labels[rows, cols], work.building_class,
-                                          rasters.probability[rows, cols], separator, window, work.grid,
-                                          work.window_px, work.min_pixels, work.separator_threshold,
-                                          work.separator_dilate_px)
+        done, touching = pieces_in_window(rasters.labels[rows, cols], rasters.probability[rows, cols], separator,
+                                          window, work.grid, work.window_px, work.vector)
         final += done
         border += touching
     from pyproj import CRS
 
-    frame = pieces_to_frame(final, work.grid, work.gsd_m, work.min_area_m2, work.simplify_m,
-                            metric=CRS.from_wkt(work.metric_wkt), order_keys=True, **work.shaping)
+    frame = pieces_to_frame(final, work.grid, work.gsd_m, work.vector, CRS.from_wkt(work.metric_wkt), order_keys=True)
     if len(frame):
         frame.drop(columns="id").to_parquet(piece_path(work.staging, "buildings", chunk.index, ".parquet"), index=False)
     dump_pieces(piece_path(work.staging, "chunk", chunk.index, ".npz"), border)
@@ -134,8 +115,6 @@ def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:
 
 def _owned_instances(work: SceneWork, chunk: Chunk, predictions: list[TilePrediction]) -> int:
     """Instances kept by their tile (geoseg.tile.owned_areas) whose box centre lies in this core, in grid px."""
-    from .instances import Instance
-
     kept = []
     for p in predictions:
         r0, r1, c0, c1 = work.owned[(p.tile.row_off, p.tile.col_off)]
@@ -148,12 +127,3 @@ def _owned_instances(work: SceneWork, chunk: Chunk, predictions: list[TilePredic
     dump_instances(piece_path(work.staging, "chunk", chunk.index, ".npz"), kept)
     return len(kept)
 
-
-def _sum_stats(stats: list[dict]) -> dict:
-    total = {"read_s": 0.0, "model_s": 0.0, "encoded": 0, "decoded": 0, "bf16_tiles": 0, "counters": {}}
-    for s in stats:
-        for key in ("read_s", "model_s", "encoded", "decoded", "bf16_tiles"):
-            total[key] += s[key]
-        for key, value in s["counters"].items():
-            total["counters"][key] = total["counters"].get(key, 0) + value
-    return total

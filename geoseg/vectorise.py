@@ -47,6 +47,21 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 SEPARATOR_GROW_PX = 2
 
 
+@dataclass(frozen=True)
+class VectorParams:
+    """How a scene's building raster becomes outlines: which class is building, how touching buildings are split
+    and specks dropped (pixels), and how outlines are shaped and filtered (metres, square metres)."""
+
+    building_class: int = 1
+    min_pixels: int = 0  # components under this many px that touch no inner window border are dropped early
+    separator_threshold: float = 0.5  # P(separator) 0-1 at which a building pixel is a separator
+    separator_dilate_px: int = 0  # separators widened by this many px before splitting
+    min_area_m2: float = 0.0
+    simplify_m: float = 0.0
+    regularise: bool = False  # right-angled outlines (geoseg.outline) instead of simplified ones
+    min_rectangularity: float = 0.0  # drop outlines whose area is under this fraction of their bounding rectangle's
+
+
 @dataclass
 class Piece:
     """A building (or part of one, before merging) in grid pixel coordinates, with probability sums."""
@@ -144,28 +159,28 @@ def window_index(window: Window, grid: Grid, window_px: int) -> int:
     return (int(window.row_off) // window_px) * -(-grid.width // window_px) + int(window.col_off) // window_px
 
 
-def pieces_in_window(labels_in: np.ndarray, building_class: int, prob: np.ndarray, separator: np.ndarray | None,
-                     window: Window, grid: Grid, window_px: int, min_pixels: int = 0, separator_threshold: float = 0.5,
-                     separator_dilate_px: int = 0) -> tuple[list[Piece], list[Piece]]:
+def pieces_in_window(labels_in: np.ndarray, prob: np.ndarray, separator: np.ndarray | None, window: Window,
+                     grid: Grid, window_px: int, params: VectorParams) -> tuple[list[Piece], list[Piece]]:
     """The buildings of one window: (final pieces, pieces touching an inner window border, to be merged).
-    ``labels_in``: class labels; ``prob``: building probability uint8; ``separator``: P(separator) uint8 or None."""
-    is_building = labels_in == building_class
+    ``labels_in``: class labels; ``prob``: building probability uint8; ``separator``: P(separator) uint8 or None;
+    ``params``: the building class, the separator settings and ``min_pixels``."""
+    is_building = labels_in == params.building_class
     if not is_building.any():
         return [], []
     edges = _inner_edges(window, grid)
     split = None
     if separator is not None:
-        split = separator >= round(separator_threshold * 255)
-        if separator_dilate_px > 0 and split.any():
-            split = ndimage.binary_dilation(split, _FOUR_CONNECTED, iterations=separator_dilate_px)
+        split = separator >= round(params.separator_threshold * 255)
+        if params.separator_dilate_px > 0 and split.any():
+            split = ndimage.binary_dilation(split, _FOUR_CONNECTED, iterations=params.separator_dilate_px)
         split &= is_building
     core = is_building & ~split if split is not None else is_building
     labels, count = ndimage.label(core, structure=_FOUR_CONNECTED)
     if split is not None and split.any():
-        _grow_into_separators(labels, split, edges, SEPARATOR_GROW_PX + separator_dilate_px)
+        _grow_into_separators(labels, split, edges, SEPARATOR_GROW_PX + params.separator_dilate_px)
     touching = _border_labels(labels, edges)
-    if min_pixels > 1:
-        small = np.bincount(labels.ravel(), minlength=count + 1) < min_pixels
+    if params.min_pixels > 1:
+        small = np.bincount(labels.ravel(), minlength=count + 1) < params.min_pixels
         small[0] = False
         small[list(touching)] = False
         labels[small[labels]] = 0
@@ -183,9 +198,8 @@ def windows_of(area: Window, window_px: int) -> list[Window]:
             for row in range(r0, r0 + h, window_px) for col in range(c0, c0 + w, window_px)]
 
 
-def building_pieces(mask_path: str, probability_path: str, grid: Grid, building_class: int,
-                    window_px: int = 2048, min_pixels: int = 0, separator_path: str | None = None,
-                    separator_threshold: float = 0.5, separator_dilate_px: int = 0) -> list[Piece]:
+def building_pieces(mask_path: str, probability_path: str, grid: Grid, params: VectorParams,
+                    window_px: int = 2048, separator_path: str | None = None) -> list[Piece]:
     """All buildings of a stitched class raster, merged across window borders, in pixel coordinates.
     ``separator_path``: P(separator) as uint8 0-255, which splits touching buildings (module docstring).
 
@@ -199,9 +213,8 @@ def building_pieces(mask_path: str, probability_path: str, grid: Grid, building_
         separator_ds = stack.enter_context(rasterio.open(separator_path)) if separator_path else None
         for window in windows_of(Window(0, 0, grid.width, grid.height), window_px):
             separator = separator_ds.read(1, window=window) if separator_ds is not None else None
-            done, touching = pieces_in_window(mask_ds.read(1, window=window), building_class,
-                                              prob_ds.read(1, window=window), separator, window, grid, window_px,
-                                              min_pixels, separator_threshold, separator_dilate_px)
+            done, touching = pieces_in_window(mask_ds.read(1, window=window), prob_ds.read(1, window=window),
+                                              separator, window, grid, window_px, params)
             final += done
             border += touching
     return final + merge_border_pieces(border)
@@ -218,20 +231,20 @@ def metric_crs(crs: ProjCRS, gdf: gpd.GeoDataFrame) -> ProjCRS:
     return ProjCRS.from_proj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +datum=WGS84 +units=m +no_defs")
 
 
-def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
-                 simplify_m: float = 0.0, regularise: bool = False, min_rectangularity: float = 0.0,
-                 metric: ProjCRS | None = None) -> tuple[gpd.GeoDataFrame, np.ndarray]:
-    """Polygons in grid pixel coordinates (with per-polygon ``columns``) to a GeoDataFrame in the grid's CRS:
-    those less rectangular than ``min_rectangularity`` dropped (see :mod:`geoseg.outline`), simplified by
+def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m: float,
+                 params: VectorParams = VectorParams(), metric: ProjCRS | None = None) -> tuple[gpd.GeoDataFrame, np.ndarray]:
+    """Polygons in grid pixel coordinates (with per-polygon ``columns``) to a GeoDataFrame in the grid's CRS, as
+    ``params`` says: those less rectangular than ``min_rectangularity`` dropped (see :mod:`geoseg.outline`), simplified by
     ``simplify_m`` (metres, applied in pixels) or, with ``regularise``, given right-angled outlines,
     ``area_m2`` added, those under ``min_area_m2`` dropped, ``id`` 1..n in the given order. Also returns which
     input polygons were kept (bool array). ``metric``: the CRS areas are measured in (default: :func:`metric_crs`
     of these polygons; a chunked run passes the scene's, so every chunk measures alike)."""
     crs = ProjCRS.from_wkt(grid.crs_wkt)
+    min_rectangularity, simplify_m = params.min_rectangularity, params.simplify_m
     shaped = rectangularity(polygons_px) >= min_rectangularity if min_rectangularity > 0 else np.ones(len(polygons_px), bool)
     polygons_px = [p for p, k in zip(polygons_px, shaped) if k]
     columns = {name: [v for v, k in zip(values, shaped) if k] for name, values in columns.items()}
-    if regularise and polygons_px:
+    if params.regularise and polygons_px:
         polygons_px = regularise_px(polygons_px, gsd_m, simplify_m)
     elif simplify_m > 0 and polygons_px:
         polygons_px = list(shapely.simplify(polygons_px, simplify_m / gsd_m, preserve_topology=True))
@@ -241,7 +254,7 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
     keep = np.ones(len(frame), bool)
     if len(frame):
         frame["area_m2"] = frame.geometry.to_crs(metric or metric_crs(crs, frame)).area.round(2)
-        keep = (frame["area_m2"] >= min_area_m2).to_numpy()
+        keep = (frame["area_m2"] >= params.min_area_m2).to_numpy()
         frame = frame[keep].reset_index(drop=True)
     else:
         frame["area_m2"] = np.array([], dtype=float)
@@ -261,9 +274,8 @@ def _valid(polygon):
     return max(polygons, key=lambda g: g.area) if polygons else polygon
 
 
-def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
-                    simplify_m: float = 0.0, metric: ProjCRS | None = None, order_keys: bool = False,
-                    **shaping) -> gpd.GeoDataFrame:
+def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, params: VectorParams = VectorParams(),
+                    metric: ProjCRS | None = None, order_keys: bool = False) -> gpd.GeoDataFrame:
     """Georeference pieces: GeoDataFrame in the grid's CRS with ``id``, ``confidence``, ``area_m2``.
 
     ``id`` is 1..n in order of each polygon's top-left pixel (row, then column), stable for the same mask.
@@ -274,20 +286,18 @@ def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, min_area_m2: 
     columns = {"confidence": [round(p.probability_sum / p.pixels / 255.0, 4) for p in pieces]}
     if order_keys:
         columns |= {"top_px": [int(piece_order(p)[0]) for p in pieces], "left_px": [int(piece_order(p)[1]) for p in pieces]}
-    return georeference([p.polygon for p in pieces], columns, grid, gsd_m, min_area_m2, simplify_m, metric=metric,
-                        **shaping)[0]
+    return georeference([p.polygon for p in pieces], columns, grid, gsd_m, params, metric)[0]
 
 
-def instances_to_frame(instances: list, grid: Grid, gsd_m: float, min_area_m2: float = 0.0,
-                       simplify_m: float = 0.0, **shaping) -> tuple[gpd.GeoDataFrame, list]:
+def instances_to_frame(instances: list, grid: Grid, gsd_m: float,
+                       params: VectorParams = VectorParams()) -> tuple[gpd.GeoDataFrame, list]:
     """Instances (:class:`geoseg.instances.Instance` in grid pixels) georeferenced as :func:`pieces_to_frame`
     does pieces: the largest part of each mask as its polygon, ``id``, ``score`` (0-1), ``area_m2``; ids 1..n in
     order of each instance's top-left pixel. Also returns the instances kept, in id order (id = position + 1)."""
     ordered = sorted(instances, key=lambda i: (i.row_px, i.col_px, -i.score))
     polygons = [max(label_polygons(inst.mask.astype(np.uint8), Affine.translation(inst.col_px, inst.row_px))[1],
                     key=lambda p: p.area) for inst in ordered]
-    frame, keep = georeference(polygons, {"score": [round(i.score, 4) for i in ordered]}, grid, gsd_m, min_area_m2,
-                               simplify_m, **shaping)
+    frame, keep = georeference(polygons, {"score": [round(i.score, 4) for i in ordered]}, grid, gsd_m, params)
     return frame, [inst for inst, k in zip(ordered, keep) if k]
 
 

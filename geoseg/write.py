@@ -20,20 +20,11 @@ import rasterio.shutil
 import shapely
 from PIL import Image, ImageDraw
 
-#: format name -> (file name, OGR driver or "parquet")
-VECTOR_FORMATS = {
-    "geojson": ("buildings.geojson", "GeoJSON"),
-    "gpkg": ("buildings.gpkg", "GPKG"),
-    "shp": ("buildings.shp", "ESRI Shapefile"),
-    "parquet": ("buildings.parquet", "parquet"),
-}
-SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg", ".shp")  # .shp last: it is the file readers look for
+from .formats import output_file_names
+
 #: every file a scene's output folder can hold: a rerun removes those of them that it did not write
-SCENE_OUTPUTS = frozenset(
-    ["mask.tif", "probability.tif", "instances.tif", "preview.png", "summary.json"]
-    + [name for name, _ in VECTOR_FORMATS.values() if not name.endswith(".shp")]
-    + ["buildings" + ext for ext in SHAPEFILE_PARTS]
-)
+SCENE_OUTPUTS = frozenset(["mask.tif", "probability.tif", "instances.tif", "preview.png", "summary.json"]
+                          + output_file_names())
 #: characters an output folder name keeps (letters and digits of any script, "_", ".", "-"); others become "_"
 _UNSAFE_CHARS = re.compile(r"[^\w.-]")
 #: longest folder name made from a scene name (file systems allow 255 bytes)

@@ -12,7 +12,7 @@ from geoseg.datasets import building_labels, separators
 from geoseg.pipeline import run_scene
 from geoseg.read import Grid
 from geoseg.metrics import fold_separator
-from geoseg.vectorise import building_pieces
+from geoseg.vectorise import VectorParams, building_pieces
 
 from conftest import write_scene
 
@@ -57,7 +57,7 @@ def test_touching_houses_are_two_footprints_across_window_borders(tmp_path, wind
     # window 50 puts a window border on the wall itself; 64 and 32 cut both houses
     instances = two_houses()
     grid, (mask, prob, sep) = _rasters(tmp_path, (instances > 0).astype(np.uint8), separators(instances))
-    pieces = sorted(building_pieces(mask, prob, grid, 1, window_px=window_px, separator_path=sep),
+    pieces = sorted(building_pieces(mask, prob, grid, VectorParams(1), window_px=window_px, separator_path=sep),
                     key=lambda p: p.polygon.bounds[0])
     assert len(pieces) == 2
     for piece, (r0, c0, r1, c1) in zip(pieces, (WEST, EAST)):
@@ -66,7 +66,7 @@ def test_touching_houses_are_two_footprints_across_window_borders(tmp_path, wind
         minx, miny, maxx, maxy = piece.polygon.bounds
         assert (miny, maxy) == (r0, r1) and c0 <= minx and maxx <= c1
         assert 40 * 40 - 2 * 40 <= piece.polygon.area <= 40 * 40
-    without = building_pieces(mask, prob, grid, 1, window_px=window_px)
+    without = building_pieces(mask, prob, grid, VectorParams(1), window_px=window_px)
     assert len(without) == 1  # the same mask without the separator: one merged blob
 
 

@@ -12,7 +12,7 @@ from affine import Affine
 
 from geoseg.pipeline import run_scene
 from geoseg.read import Grid
-from geoseg.vectorise import merge_border_pieces, building_pieces, pieces_to_frame
+from geoseg.vectorise import VectorParams, merge_border_pieces, building_pieces, pieces_to_frame
 
 from conftest import PixelBackend, write_scene
 
@@ -51,12 +51,12 @@ def test_pieces_merge_across_window_borders_but_not_at_corners(tmp_path):
     paths = {}
     for name, arr in (("mask", mask), ("prob", mask * 200)):
         paths[name] = str(write_scene(tmp_path / f"{name}.tif", arr[None].astype(np.uint8), gsd_m=0.5))
-    pieces = building_pieces(paths["mask"], paths["prob"], grid, building_class=1, window_px=64)
+    pieces = building_pieces(paths["mask"], paths["prob"], grid, VectorParams(1), window_px=64)
     polygons = sorted(pieces, key=lambda p: -p.pixels)
     assert len(pieces) == 3
     assert polygons[0].pixels == int(mask[:100].sum()) and polygons[0].polygon.area == polygons[0].pixels
     assert isinstance(polygons[0].polygon, shapely.Polygon)
-    whole = building_pieces(paths["mask"], paths["prob"], grid, building_class=1, window_px=4096)
+    whole = building_pieces(paths["mask"], paths["prob"], grid, VectorParams(1), window_px=4096)
     assert sorted(p.pixels for p in whole) == sorted(p.pixels for p in pieces)
     frame = pieces_to_frame(pieces, grid, gsd_m=0.5)
     assert list(frame.id) == [1, 2, 3]
@@ -113,7 +113,7 @@ def test_specks_are_dropped_early_but_border_pieces_are_kept(tmp_path):
     paths = {}
     for name, arr in (("mask", mask), ("prob", mask * 200)):
         paths[name] = str(write_scene(tmp_path / f"{name}.tif", arr[None].astype(np.uint8), gsd_m=0.5))
-    pieces = building_pieces(paths["mask"], paths["prob"], grid, 1, window_px=64, min_pixels=3)
+    pieces = building_pieces(paths["mask"], paths["prob"], grid, VectorParams(1, min_pixels=3), window_px=64)
     assert sorted(p.pixels for p in pieces) == [4, 100]
 
 

@@ -112,6 +112,21 @@ def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
     return card, sha256
 
 
+@dataclass
+class RunModel:
+    """The model a run uses, resolved once on the driver: what workers build (a spec, or a ready backend object),
+    its card and weights checksum, and what :func:`geoseg.adapt.adapt` did to give these weights, if it did."""
+
+    spec: BackendSpec | Backend
+    card: ModelCard
+    sha256: str
+    adapted: dict | None = None
+
+    @property
+    def backend_name(self) -> str:
+        return getattr(self.spec, "name", "custom")
+
+
 def check_tau(tau: float) -> float:
     if not 0 < tau <= 1:
         raise GeosegError(f"--tau {tau}: the fraction of full-resolution blocks must be in (0, 1]")

@@ -1,0 +1,50 @@
+"""GeoJSON (RFC 7946): WGS84 longitude/latitude whatever the scene's CRS, right-hand rings, 7 decimals, cut at the
+antimeridian, by OGR's RFC 7946 writer; features are written on chunk after chunk into one FeatureCollection. A
+scene in a local site grid, which cannot be placed on the globe, cannot be written to it (``wgs84_only``)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import pystac
+from pyproj import CRS
+
+from .base import VectorFormat
+
+
+class GeoJsonWriter:
+    def __init__(self, path: Path, crs: CRS):
+        self.path = path
+        self.file = None
+        self.first_feature = True
+
+    def _start(self) -> None:
+        self.file = open(self.path, "w")
+        self.file.write('{\n"type": "FeatureCollection",\n"name": "buildings",\n"features": [\n')
+
+    def append(self, frame: gpd.GeoDataFrame) -> None:
+        import pyogrio
+
+        if self.file is None:
+            self._start()
+        if not len(frame):
+            return
+        buffer = io.BytesIO()
+        pyogrio.write_dataframe(frame.to_crs("EPSG:4326"), buffer, driver="GeoJSON", layer_options={"RFC7946": "YES"},
+                                geometry_type="Polygon")
+        for feature in json.loads(buffer.getvalue())["features"]:
+            self.file.write(("" if self.first_feature else ",\n") + json.dumps(feature))
+            self.first_feature = False
+
+    def close(self) -> None:
+        if self.file is None:
+            self._start()
+        self.file.write("\n]\n}\n")
+        self.file.close()
+
+
+FORMAT = VectorFormat("geojson", "buildings.geojson", pystac.MediaType.GEOJSON, GeoJsonWriter, wgs84_only=True,
+                      description="GeoJSON (RFC 7946)")
