@@ -88,12 +88,15 @@ def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str]
     """The scene's vector files and preview from its chunks (module docstring)."""
     started = time.perf_counter()
     staging = Path(work.staging)
+    crs = CRS.from_wkt(work.grid.crs_wkt)
     border = [p for c in chunks for p in load_pieces(piece_path(staging, "chunk", c.index, ".npz"))]
-    merged = pieces_to_frame(merge_border_pieces(border), work.grid, work.gsd_m, work.vector,
-                             CRS.from_wkt(work.metric_wkt), order_keys=True).drop(columns="id")
+    merged, home = None, np.zeros(0, int)
+    if border:  # most chips and small scenes have none: no frame to build
+        merged = pieces_to_frame(merge_border_pieces(border), work.grid, work.gsd_m, work.vector,
+                                 CRS.from_wkt(work.metric_wkt), order_keys=True).drop(columns="id")
+        home = _home_chunk(merged, chunks, work.chunk_px) if len(merged) else home
     del border
-    home = _home_chunk(merged, chunks, work.chunk_px) if len(merged) else np.zeros(0, int)
-    sink = VectorSink(staging, formats, CRS.from_wkt(work.grid.crs_wkt))
+    sink = VectorSink(staging, formats, crs)
     preview = _preview(work)
     next_id = 1
     for chunk in chunks:
@@ -107,7 +110,7 @@ def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str]
         frame = frame.sort_values(["top_px", "left_px"], kind="stable").drop(columns=["top_px", "left_px"])
         frame.insert(0, "id", np.arange(next_id, next_id + len(frame), dtype=np.int64))
         next_id += len(frame)
-        sink.append(gpd.GeoDataFrame(frame.reset_index(drop=True), geometry="geometry", crs=merged.crs))
+        sink.append(gpd.GeoDataFrame(frame.reset_index(drop=True), geometry="geometry", crs=crs))
         preview.draw(frame.geometry, work.grid)
     names = sink.close()
     preview.save(staging / "preview.png")

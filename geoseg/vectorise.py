@@ -38,7 +38,6 @@ from pyproj import Transformer
 from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
-from shapely.geometry import shape
 
 from .outline import rectangularity, regularise_px
 from .read import Grid
@@ -77,7 +76,8 @@ def label_polygons(labels: np.ndarray, transform: Affine) -> dict[int, list[shap
     ``transform``: the one place geoseg turns pixels into polygons. A label in several parts has several."""
     polygons: dict[int, list] = {}
     for geom, value in shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform):
-        polygons.setdefault(int(value), []).append(shape(geom))
+        rings = geom["coordinates"]  # always a Polygon: shell, then holes (what shape() builds, without its checks)
+        polygons.setdefault(int(value), []).append(shapely.Polygon(rings[0], rings[1:]))
     return polygons
 
 
@@ -114,15 +114,25 @@ def _border_labels(labels: np.ndarray, edges: list[tuple]) -> set[int]:
 
 
 def _grow_into_separators(labels: np.ndarray, separator: np.ndarray, edges: list[tuple], steps: int) -> None:
-    """Give separator pixels (not on inner window borders) the label of a building within ``steps`` px, in place."""
+    """Give separator pixels (not on inner window borders) the label of a building within ``steps`` px, in place:
+    at each step, every such pixel still without a label takes the highest label among its four neighbours (a
+    4-connected grey dilation, computed only at those pixels; outside the window counts as no label)."""
     free = separator.copy()
     for e in edges:
         free[e] = False
+    rows, cols = np.nonzero(free & (labels == 0))
+    height, width = labels.shape
     for _ in range(steps):
-        take = free & (labels == 0)
-        if not take.any():
+        if not rows.size:
             return
-        labels[take] = ndimage.grey_dilation(labels, footprint=_FOUR_CONNECTED)[take]
+        grown = np.zeros(rows.size, labels.dtype)
+        for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            r, c = rows + dr, cols + dc
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            np.maximum(grown, np.where(inside, labels[np.clip(r, 0, height - 1), np.clip(c, 0, width - 1)], 0),
+                       out=grown)
+        labels[rows, cols] = grown
+        rows, cols = rows[grown == 0], cols[grown == 0]
 
 
 def merge_border_pieces(pieces: list[Piece]) -> list[Piece]:
@@ -248,8 +258,7 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
         polygons_px = regularise_px(polygons_px, gsd_m, simplify_m)
     elif simplify_m > 0 and polygons_px:
         polygons_px = list(shapely.simplify(polygons_px, simplify_m / gsd_m, preserve_topology=True))
-    t = grid.transform
-    geoms = [_valid(shapely.affinity.affine_transform(p, [t.a, t.b, t.d, t.e, t.c, t.f])) for p in polygons_px]
+    geoms = _to_grid_crs(polygons_px, grid.transform)
     frame = gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(geoms, crs=crs))
     keep = np.ones(len(frame), bool)
     if len(frame):
@@ -262,6 +271,22 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
     kept = shaped.copy()
     kept[shaped] = keep
     return frame, kept
+
+
+def _to_grid_crs(polygons_px: list, t: Affine) -> np.ndarray:
+    """Pixel-coordinate polygons mapped by the grid's transform, all at once (the arithmetic of
+    ``shapely.affinity.affine_transform``, term for term, so the coordinates are the same to the last bit), each
+    made valid (:func:`_valid`)."""
+    def to_crs(coords: np.ndarray) -> np.ndarray:
+        x, y = coords.T
+        return np.stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f]).T
+
+    geoms = np.empty(len(polygons_px), dtype=object)
+    geoms[:] = polygons_px
+    geoms = shapely.transform(geoms, to_crs)
+    for i in np.flatnonzero(~shapely.is_valid(geoms)):
+        geoms[i] = _valid(geoms[i])
+    return geoms
 
 
 def _valid(polygon):

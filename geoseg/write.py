@@ -32,9 +32,12 @@ MAX_FOLDER_NAME = 120
 
 
 def write_cog(source_path: str, dest_path: str, categorical: bool) -> None:
-    """Copy a tiled GeoTIFF to a DEFLATE-compressed COG with overviews (nearest for classes, average else)."""
+    """Copy a tiled GeoTIFF to a DEFLATE-compressed COG with overviews (nearest for classes, average else).
+    DEFLATE level 1, not GDAL's 6: on a 12.6 Mpx probability raster 0.40 s instead of 0.85 s for a file 8.5 %
+    larger (7.2 vs 6.6 MiB), readable by every GDAL, QGIS and browser COG reader (ZSTD is no faster here and not
+    readable by all of them)."""
     rasterio.shutil.copy(
-        source_path, dest_path, driver="COG", COMPRESS="DEFLATE", PREDICTOR="2", BLOCKSIZE="512",
+        source_path, dest_path, driver="COG", COMPRESS="DEFLATE", LEVEL="1", PREDICTOR="2", BLOCKSIZE="512",
         OVERVIEWS="AUTO", OVERVIEW_RESAMPLING="NEAREST" if categorical else "AVERAGE", NUM_THREADS="ALL_CPUS",
     )
 

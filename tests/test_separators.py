@@ -106,3 +106,29 @@ def test_pipeline_publishes_a_building_mask_and_separate_footprints(tmp_path, fa
     assert summary.buildings == len(frame) == 2 and summary.classes == ["background", "building"]
     assert frame.area_m2.sum() == pytest.approx(2 * 40 * 40 * 0.09, rel=0.01)
     assert not any(p.name.startswith("separator") for p in out.iterdir())
+
+
+def test_separator_growth_is_the_four_connected_dilation_at_the_separator_pixels():
+    # the growth computes the dilation only where separator pixels still lack a label (issue 27); it must give what
+    # a whole-window grey dilation per step gives, window edges included
+    from scipy import ndimage
+
+    from geoseg.vectorise import _grow_into_separators
+
+    rng = np.random.default_rng(3)
+    cross = ndimage.generate_binary_structure(2, 1)
+    for trial in range(20):
+        labels, _ = ndimage.label(rng.random((60, 70)) < 0.35, structure=cross)
+        separator = (rng.random(labels.shape) < 0.3) & (labels == 0)
+        labels[rng.random(labels.shape) < 0.05] = 0
+        edges = [(0, slice(None)), (slice(None), -1)][: trial % 3]
+        expected = labels.copy()
+        free = separator.copy()
+        for e in edges:
+            free[e] = False
+        for _ in range(3):
+            take = free & (expected == 0)
+            expected[take] = ndimage.grey_dilation(expected, footprint=cross)[take]
+        grown = labels.copy()
+        _grow_into_separators(grown, separator, edges, 3)
+        assert (grown == expected).all()

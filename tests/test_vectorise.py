@@ -145,3 +145,21 @@ def test_regularised_outlines_are_right_angled_and_the_shape_filter_drops_round_
     cosines = [abs(np.dot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b)) for a, b in zip(edges, np.roll(edges, -1, 0))]
     assert max(cosines) < 0.05  # every corner within 3 degrees of square
     assert rectangularity([outline])[0] > 0.97 and outline.area == pytest.approx(60 * 40 * 0.09, rel=0.1)
+
+
+def test_polygons_are_georeferenced_exactly_as_shapely_would_one_by_one():
+    # georeference maps all polygons in one call (issue 27); the coordinates must be those of
+    # shapely.affinity.affine_transform to the last bit, and invalid outlines still repaired
+    import shapely
+    from affine import Affine
+
+    from geoseg.vectorise import _to_grid_crs
+
+    t = Affine(0.29999999, 0.0, 500123.123, 0.0, -0.30000001, 8387969.987)
+    polygons = [shapely.box(i, 2 * i, i + 3.5, 2 * i + 7) for i in range(50)]
+    polygons.append(shapely.Polygon([(0, 0), (4, 4), (4, 0), (0, 4)]))  # a bow tie
+    mapped = _to_grid_crs(polygons, t)
+    for i, p in enumerate(polygons[:-1]):
+        one = shapely.affinity.affine_transform(p, [t.a, t.b, t.d, t.e, t.c, t.f])
+        assert mapped[i].equals_exact(one, 0.0)
+    assert mapped[-1].is_valid and mapped[-1].area > 0
