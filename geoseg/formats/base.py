@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-import geopandas as gpd
-from pyproj import CRS
+if TYPE_CHECKING:  # geopandas is imported by the writers, not by whoever lists formats (the CLI)
+    import geopandas as gpd
+    from pyproj import CRS
 
 
 class VectorWriter(Protocol):
@@ -71,6 +72,7 @@ def ogr(driver: str) -> Callable[[Path, CRS], VectorWriter]:
 
 def empty_buildings(crs: CRS) -> gpd.GeoDataFrame:
     """A layer with no building, with the columns a scene's buildings have (an empty scene still gets valid files)."""
+    import geopandas as gpd
     import numpy as np
 
     return gpd.GeoDataFrame({"id": np.array([], np.int64), "confidence": np.array([], float),

@@ -10,9 +10,11 @@ record batches, when the writer closes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
-from pyproj import CRS
+if TYPE_CHECKING:  # geopandas is imported by the writers, not by whoever lists formats (the CLI)
+    import geopandas as gpd
+    from pyproj import CRS
 
 from .base import VectorFormat
 from .parquet import ParquetWriter

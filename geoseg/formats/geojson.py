@@ -7,10 +7,11 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
-import pystac
-from pyproj import CRS
+if TYPE_CHECKING:  # geopandas is imported by the writers, not by whoever lists formats (the CLI)
+    import geopandas as gpd
+    from pyproj import CRS
 
 from .base import VectorFormat
 
@@ -46,5 +47,5 @@ class GeoJsonWriter:
         self.file.close()
 
 
-FORMAT = VectorFormat("geojson", "buildings.geojson", pystac.MediaType.GEOJSON, GeoJsonWriter, wgs84_only=True,
+FORMAT = VectorFormat("geojson", "buildings.geojson", "application/geo+json", GeoJsonWriter, wgs84_only=True,
                       description="GeoJSON (RFC 7946)")

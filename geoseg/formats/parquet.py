@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
-from pyproj import CRS
+if TYPE_CHECKING:  # geopandas is imported by the writers, not by whoever lists formats (the CLI)
+    import geopandas as gpd
+    from pyproj import CRS
 
 from .base import VectorFormat, empty_buildings
 
