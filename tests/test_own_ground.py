@@ -270,3 +270,22 @@ def test_boundary_weights_peak_at_building_edges():
     assert w[0, 8, 16] > 5 and w[0, 16, 16] < 1.01 and w[0, 0, 0] < 1.01  # the edge, the middle, far away
     logits = torch.randn((1, 3, 32, 32))
     assert torch.isclose(segmentation_loss(logits, y, torch.ones_like(w)), segmentation_loss(logits, y))
+
+
+def test_self_training_keeps_the_separators_the_model_draws():
+    # a separator is thin and rarely 0.9 alone: it is pseudo-labelled where it is the most probable class and
+    # building + separator together are confident (without it, self-training wore separators away in Dhaka)
+    from geoseg.adapt import confident_labels
+    from geoseg.datasets import IGNORE
+
+    p = np.zeros((3, 1, 5), np.float32)
+    p[:, 0, 0] = [0.95, 0.03, 0.02]  # confident background
+    p[:, 0, 1] = [0.05, 0.50, 0.45]  # building, not confident: ignored
+    p[:, 0, 2] = [0.05, 0.40, 0.55]  # separator, building + separator 0.95: separator
+    p[:, 0, 3] = [0.30, 0.20, 0.50]  # separator, but building + separator 0.70: ignored
+    p[:, 0, 4] = [0.02, 0.96, 0.02]  # confident building, but no imagery: ignored
+    valid = np.array([[True, True, True, True, False]])
+    labels = confident_labels(p, valid, 0.9, building_class=1, separator_class=2)
+    assert labels.tolist() == [[0, IGNORE, 2, IGNORE, IGNORE]]
+    no_separator_class = confident_labels(p, valid, 0.9, building_class=1, separator_class=None)  # the rule is off
+    assert no_separator_class.tolist() == [[0, IGNORE, IGNORE, IGNORE, IGNORE]]
