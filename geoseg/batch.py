@@ -43,7 +43,6 @@ from .catalog import SceneRef, catalog_scenes, scene_item
 from .errors import GeosegError
 from .formats import is_sidecar, media_type
 from .gate import gate_path
-from .cluster import client_for
 from .job import Job
 from .options import DEFAULTS, run_fields
 from .lock import FileLock
@@ -93,7 +92,7 @@ def run_job(job: Job, progress: bool = True) -> dict:
                 pending[folders[scene.id]] = (scene.id, row)
             else:
                 record(scene.id, row)
-        with client_for(job.cluster) as client:
+        with job.cluster.client() as client:
             options = job.run_options(spec.name, spec.model, None if client is None else client.scheduler.address)
             todo = [(row["input"], folder) for folder, (_, row) in pending.items()]
             adapted = None

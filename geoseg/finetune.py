@@ -46,6 +46,7 @@ from .errors import GeosegError
 from .losses import training_loss
 from .model import GeoModel, load_model, save_model, use_bf16
 from .read import Grid, open_scene
+from .train import CropSampler, tiled_logits, validate
 
 HOLDOUT_FRACTION = 0.2
 GAP_PX = 32
@@ -157,8 +158,6 @@ def holdout_rows(known: np.ndarray, fraction: float) -> np.ndarray:
 
 def holdout_scores(net: GeoModel, grounds: list[LabelledGround], autocast: bool) -> dict:
     """Building IoU, precision and recall on the held-out pixels of every image, pooled (training's validation)."""
-    from .train import validate
-
     pooled, _ = validate(net, [g.holdout_scene for g in grounds], autocast)
     return {k: pooled[k] for k in ("building_iou", "building_precision", "building_recall", "pixels")}
 
@@ -170,19 +169,12 @@ MIN_SEPARATOR_POLYGONS = 30
 SEPARATOR_CHOICES = tuple((t, d) for t in (0.05, 0.1, 0.2, 0.3, 0.5) for d in (0, 1, 2, 3))
 
 
-@torch.inference_mode()
 def class_probabilities(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
-    """Class probabilities (C, h, w) of an in-memory image, in tiles of at most ``tile_px`` as training's
-    validation predicts (a labelled ground of up to :data:`MAX_AREA_MPX` is not one forward pass)."""
-    _, h, w = pixels.shape
-    out = np.zeros((len(net.card.classes), h, w), np.float32)
-    for r in range(0, h, tile_px):
-        for c in range(0, w, tile_px):
-            x = torch.from_numpy(np.ascontiguousarray(pixels[:, r:r + tile_px, c:c + tile_px]))[None]
-            th, tw = x.shape[-2:]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                logits = net(net.prepare(x))
-            out[:, r:r + th, c:c + tw] = logits[0, :, :th, :tw].float().softmax(0).numpy()
+    """Class probabilities (C, h, w) of an in-memory image, in tiles as training's validation predicts
+    (:func:`geoseg.train.tiled_logits`: a labelled ground of up to :data:`MAX_AREA_MPX` is not one forward pass)."""
+    out = np.zeros((len(net.card.classes), *pixels.shape[1:]), np.float32)
+    for r, c, logits in tiled_logits(net, pixels, autocast, tile_px):
+        out[:, r:r + logits.shape[1], c:c + logits.shape[2]] = logits.float().softmax(0).numpy()
     return out
 
 
@@ -205,8 +197,10 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
         valid = g.labels != IGNORE
         rasters = chunk_rasters(probs, valid, card.building_class, card.separator_class)
         whole = Window(0, 0, g.grid.width, g.grid.height)
-        held = lambda poly: bool(g.holdout[min(int(poly.representative_point().y), g.holdout.shape[0] - 1),  # noqa: E731
-                                           min(int(poly.representative_point().x), g.holdout.shape[1] - 1)])
+        def held(poly, holdout=g.holdout) -> bool:  # where its representative point lies
+            point = poly.representative_point()
+            return bool(holdout[min(int(point.y), holdout.shape[0] - 1), min(int(point.x), holdout.shape[1] - 1)])
+
         for threshold, dilate in choices:
             params = VectorParams(card.building_class, separator_threshold=threshold, separator_dilate_px=dilate)
             final, border = pieces_in_window(rasters.labels, rasters.probability, rasters.separator, whole, g.grid,
@@ -240,8 +234,6 @@ def fit(net: GeoModel, train: list[LabelledScene], holdout: list[LabelledGround]
     ``holdout``, keep the step that scores best there (checked every :data:`EVAL_EVERY` steps and at the end).
     Batch-norm layers stay in eval mode (their statistics are the base model's, or those :mod:`geoseg.adapt`
     set). ``pixel_weight(x, y)``, if given, weighs each pixel's cross-entropy."""
-    from .train import CropSampler
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     sampler = CropSampler(train, crop_px, rng, sensors=True)

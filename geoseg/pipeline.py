@@ -122,10 +122,11 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
                         assume_crs=opts.assume_crs, target_gsd_m=opts.target_gsd_m,
                         native_resolution=opts.native_resolution)
     grid = opened.reader.grid
-    if wgs84_only(opts.formats) and is_local_crs(grid.crs):
-        keep = ",".join(k for k in REGISTRY if not REGISTRY[k].wgs84_only)
+    in_wgs84 = wgs84_only(opts.formats)
+    if in_wgs84 and is_local_crs(grid.crs):
+        keep = ",".join(k for k, f in REGISTRY.items() if not f.wgs84_only)
         raise GeosegError(f"{scene}: its CRS is a local site grid that cannot be placed on the globe, and "
-                          f"{', '.join(REGISTRY[k].description for k in wgs84_only(opts.formats))} is in WGS84; use "
+                          f"{', '.join(REGISTRY[k].description for k in in_wgs84)} is in WGS84; use "
                           f"--formats {keep}, which keep the scene's CRS")
     tiles = tile_grid(grid.height, grid.width, opts.tile_px, opts.overlap_px)
     plan = plan_chunks(grid.height, grid.width, tiles, opts.chunk_px, opts.batch_tiles)

@@ -88,17 +88,24 @@ class CropSampler:
 
 
 @torch.inference_mode()
-def predict_scene(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
-    """Class labels (h, w) of an in-memory scene, in tiles of at most ``tile_px`` (no overlap: validation only)."""
+def tiled_logits(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024):
+    """``(row, col, logits)`` for each tile of at most ``tile_px`` of an in-memory image (bands, h, w), row-major,
+    logits (classes, th, tw) cropped to the tile (no overlap: validation and the user's labelled ground only)."""
     _, h, w = pixels.shape
-    out = np.zeros((h, w), np.uint8)
     for r in range(0, h, tile_px):
         for c in range(0, w, tile_px):
             x = torch.from_numpy(np.ascontiguousarray(pixels[:, r : r + tile_px, c : c + tile_px]))[None]
             th, tw = x.shape[-2:]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 logits = net(net.prepare(x))
-            out[r : r + th, c : c + tw] = logits[0, :, :th, :tw].argmax(0).numpy()
+            yield r, c, logits[0, :, :th, :tw]
+
+
+def predict_scene(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
+    """Class labels (h, w) of an in-memory scene (:func:`tiled_logits`)."""
+    out = np.zeros(pixels.shape[1:], np.uint8)
+    for r, c, logits in tiled_logits(net, pixels, autocast, tile_px):
+        out[r : r + logits.shape[1], c : c + logits.shape[2]] = logits.argmax(0).numpy()
     return out
 
 

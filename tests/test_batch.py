@@ -19,8 +19,7 @@ from geoseg.batch import run_job
 from geoseg.catalog import build_catalog, catalog_scenes, validate_offline
 from geoseg.demo import generate_scene
 from geoseg.errors import GeosegError
-from geoseg.cluster import queue_cluster
-from geoseg.cluster import QueueSpec
+from geoseg.cluster import QueueSpec, queue_cluster
 from geoseg.job import load_job
 
 GEOSEG = [sys.executable, "-m", "geoseg.cli"]
@@ -225,7 +224,7 @@ def test_a_second_run_of_a_job_is_refused_while_the_first_holds_the_lock(tmp_pat
 
 def test_slurm_cluster_job_script_carries_the_job_settings():
     script = queue_cluster(QueueSpec(kind="slurm", jobs=2, cores=6, memory="24GB", walltime="01:30:00",
-                                        queue="gpu")).job_script()
+                                     queue="gpu")).job_script()
     assert "#SBATCH -p gpu" in script and "01:30:00" in script and "--nworkers 6" in script and "--nthreads 1" in script
 
 

@@ -13,8 +13,7 @@ The memory probes a run reports are :mod:`geoseg.probes`.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Annotated, Iterator, Union
+from typing import Annotated, Union
 
 from pydantic import Field, ValidationError
 
@@ -27,7 +26,7 @@ from .runners import runner_for
 #: a job file's ``cluster:``: which way of getting workers, by its ``kind``
 ClusterSpec = Annotated[Union[LocalSpec, AddressSpec, QueueSpec], Field(discriminator="kind")]
 
-__all__ = ["ClusterSpec", "LocalSpec", "AddressSpec", "QueueSpec", "WORKER_CONFIG", "client_for", "dask_client",
+__all__ = ["ClusterSpec", "LocalSpec", "AddressSpec", "QueueSpec", "WORKER_CONFIG", "dask_client",
            "queue_cluster", "runner_for", "spec_from_flags"]
 
 
@@ -42,13 +41,7 @@ def spec_from_flags(workers: int | None, scheduler: str | None) -> LocalSpec | A
     return LocalSpec(workers=workers)
 
 
-@contextmanager
-def client_for(spec: LocalSpec | AddressSpec | QueueSpec) -> Iterator[object | None]:
-    """A distributed Client for ``spec``, open for the block (None: in-process)."""
-    with spec.client() as client:
-        yield client
-
-
 def dask_client(workers: int | None, scheduler: str | None):
-    """:func:`client_for` the spec of these command-line flags."""
-    return client_for(spec_from_flags(workers, scheduler))
+    """The client of these command-line flags' spec (``spec.client()``: a context manager giving a distributed
+    Client, or None for in-process); a job runs on ``job.cluster.client()``."""
+    return spec_from_flags(workers, scheduler).client()
