@@ -42,7 +42,7 @@ def predict_batch(reader: SceneReader, backend: BackendSpec | Backend, tiles: li
     if isinstance(backend, BackendSpec):
         backend = load_backend(backend)  # once per worker process (cached), not counted as read time
     t0 = time.perf_counter()
-    reads = [reader.read_tile(t.window) for t in tiles]
+    reads = reader.read_tiles([t.window for t in tiles])
     t1 = time.perf_counter()
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
     probabilities: dict[int, np.ndarray] = {}

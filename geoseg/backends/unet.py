@@ -22,6 +22,19 @@ def torch_device(device: str) -> torch.device:
 TTA_TURNS = ((0, False), (0, True), (2, False), (2, True))
 
 
+def _turned(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """A view of TTA: ``k`` quarter turns, then mirrored left-right if ``flip``; the tile itself (no copy) for
+    ``(0, False)``, the only view without TTA (``torch.rot90`` copies even for no turn)."""
+    x = torch.rot90(x, k, dims=(2, 3)) if k else x
+    return x.flip(3) if flip else x
+
+
+def _turned_back(p: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Undo :func:`_turned` on a prediction."""
+    p = p.flip(3) if flip else p
+    return torch.rot90(p, -k, dims=(2, 3)) if k else p
+
+
 class UNetBackend:
     """Runs any encoder-decoder model of the table (:mod:`geoseg.architectures`) densely; named after the
     architecture of the model it runs."""
@@ -54,12 +67,10 @@ class UNetBackend:
         views = TTA_TURNS if self.tta else ((0, False),)
         total = None
         for k, flip in views:
-            view = torch.rot90(x, k, dims=(2, 3))
-            view = view.flip(3) if flip else view
+            view = _turned(x, k, flip)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = self.net(view)
-            p = torch.softmax(logits.float(), dim=1)
-            p = torch.rot90(p.flip(3) if flip else p, -k, dims=(2, 3))
+            p = _turned_back(torch.softmax(logits.float(), dim=1), k, flip)
             total = p if total is None else total + p
         return total / len(views)
 
