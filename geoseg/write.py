@@ -54,14 +54,18 @@ class Preview:
         self.scale = scale
 
     def draw(self, geometries, grid) -> None:
-        """Outlines of polygons in the grid's CRS (mapped back to grid pixels)."""
-        inverse = ~grid.transform
-        to_px = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
-        for poly in geometries:
-            for part in getattr(poly, "geoms", [poly]):
-                ring = shapely.affinity.affine_transform(part.exterior, to_px)
-                self.draw_on.line([(x * self.scale, y * self.scale) for x, y in ring.coords], fill=(255, 40, 40),
-                                  width=2 if self.scale > 0.5 else 1)
+        """Outlines of polygons in the grid's CRS (mapped back to grid pixels, then to preview pixels), every
+        ring's coordinates in one pass (the arithmetic of ``shapely.affinity.affine_transform``, term for term)."""
+        rings = shapely.get_exterior_ring(shapely.get_parts(np.asarray(geometries, dtype=object)))
+        if not len(rings):
+            return
+        coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+        t = ~grid.transform
+        x, y = coords.T
+        xy = np.stack([(t.a * x + t.b * y + t.c) * self.scale, (t.d * x + t.e * y + t.f) * self.scale], axis=1)
+        starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
+        for ring in np.split(xy, starts[1:]):
+            self.draw_on.line(ring.ravel().tolist(), fill=(255, 40, 40), width=2 if self.scale > 0.5 else 1)
 
     def save(self, path: Path) -> None:
         """PNG at zlib level 1: the same pixels as PIL's default level 6 in a third of the time (0.44 -> 0.14 s for
