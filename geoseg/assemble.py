@@ -16,12 +16,11 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
 import rasterio
 from pyproj import CRS
 
@@ -31,6 +30,9 @@ from .staging import FinishResults, SceneWork, VectorsWritten, load_instances, l
 from .vectorise import instances_to_frame, merge_border_pieces, pieces_to_frame
 from .formats import REGISTRY
 from .write import Preview, write_cog
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 
 def mosaic_vrt(pieces: list[tuple[Path, Chunk]], grid: Grid, path: Path, nodata: int | None = None,
@@ -70,22 +72,33 @@ def assemble_cog(work: SceneWork, chunks: list[Chunk], kind: str) -> float:
     return time.perf_counter() - started
 
 
-def finishing_steps(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> dict:
+def finishing_steps(work: SceneWork, chunks: list[Chunk], formats: list[str], frames: dict | None = None) -> dict:
     """The finishing of a scene as independent steps ``kind -> (function, *arguments)``: the two COGs and the
     vector files with the preview (for instance models, with the instance raster). The COG steps return their
-    seconds, the vector step a :class:`geoseg.staging.VectorsWritten`."""
-    vectors = write_scene_instances if work.owned is not None else write_scene_vectors
+    seconds, the vector step a :class:`geoseg.staging.VectorsWritten`. ``frames``: chunk index -> its final
+    polygons, where they are still in memory (see :func:`write_scene_vectors`)."""
+    if work.owned is not None:
+        vectors = (write_scene_instances, work, chunks, formats)
+    else:
+        vectors = (write_scene_vectors, work, chunks, formats, frames)
     return {"mask": (assemble_cog, work, chunks, "mask"), "probability": (assemble_cog, work, chunks, "probability"),
-            "vectors": (vectors, work, chunks, formats)}
+            "vectors": vectors}
 
 
-def finish_scene(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> FinishResults:
+def finish_scene(work: SceneWork, chunks: list[Chunk], formats: list[str], frames: dict | None = None) -> FinishResults:
     """All finishing steps, one after another, in this process."""
-    return FinishResults.of({kind: fn(*args) for kind, (fn, *args) in finishing_steps(work, chunks, formats).items()})
+    steps = finishing_steps(work, chunks, formats, frames)
+    return FinishResults.of({kind: fn(*args) for kind, (fn, *args) in steps.items()})
 
 
-def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str]) -> VectorsWritten:
-    """The scene's vector files and preview from its chunks (module docstring)."""
+def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str],
+                        frames: dict | None = None) -> VectorsWritten:
+    """The scene's vector files and preview from its chunks (module docstring). ``frames``: chunk index -> that
+    chunk's final polygons as the chunk task made them, for a scene finished by its one chunk task (no trip
+    through ``buildings-NNNNN.parquet``); other chunks' are read from their pieces."""
+    import geopandas as gpd  # on workers only: the driver never imports geopandas (0.4 s of every run's start)
+    import pandas as pd
+
     started = time.perf_counter()
     staging = Path(work.staging)
     crs = CRS.from_wkt(work.grid.crs_wkt)
@@ -101,7 +114,10 @@ def write_scene_vectors(work: SceneWork, chunks: list[Chunk], formats: list[str]
     next_id = 1
     for chunk in chunks:
         path = piece_path(staging, "buildings", chunk.index, ".parquet")
-        parts = [gpd.read_parquet(path)] if path.exists() else []
+        if frames is not None and chunk.index in frames:
+            parts = [frames[chunk.index]] if len(frames[chunk.index]) else []
+        else:
+            parts = [gpd.read_parquet(path)] if path.exists() else []
         if (home == chunk.index).any():
             parts.append(merged[home == chunk.index])
         if not parts:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import geopandas as gpd
 import numpy as np
 import shapely
 
@@ -42,6 +41,8 @@ def regularise_px(polygons_px: list, gsd_m: float, simplify_m: float) -> list:
     if not polygons_px:
         return []
     tolerance_px = max(simplify_m / gsd_m, STAIRCASE_PX)
+    import geopandas as gpd  # on workers only (the driver imports this module, never geopandas)
+
     frame = gpd.GeoDataFrame({"source_row": np.arange(len(polygons_px))}, geometry=gpd.GeoSeries(polygons_px))
     out = regularize_geodataframe(frame, parallel_threshold=PARALLEL_THRESHOLD_M / gsd_m,
                                   simplify_tolerance=tolerance_px, allow_circles=False, num_cores=1)

@@ -82,19 +82,23 @@ def process_chunk(work: SceneWork, chunk: Chunk, batches: list[BatchResult], own
     write_piece(str(piece_path(work.staging, "probability", chunk.index)), rasters.probability, work.grid,
                 chunk.window, None, valid=rasters.valid)
     t2 = time.perf_counter()
+    frames = None
     if work.owned is None:
-        polygons, border = _vectorise_chunk(work, chunk, rasters)
+        frame, border = _vectorise_chunk(work, chunk, rasters, keep=finish_formats is not None)
+        polygons, frames = len(frame), {chunk.index: frame}
     else:
         polygons, border = 0, _owned_instances(work, chunk, predictions)
     t3 = time.perf_counter()
     stats = BatchStats.total(batch.stats for batch, mine in zip(batches, own) if mine)
-    finished = finish_scene(work, [chunk], finish_formats) if finish_formats is not None else None
+    finished = finish_scene(work, [chunk], finish_formats, frames) if finish_formats is not None else None
     return ChunkResult(chunk.index, stats, stitch_s=t1 - t0, write_s=t2 - t1, vectorise_s=t3 - t2, polygons=polygons,
                        border=border, rss_mb=worker_rss_mb(), finished=finished)
 
 
-def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:
-    """Final polygons to ``buildings-NNNNN.parquet``; pieces touching an inner window border to ``chunk-NNNNN.npz``."""
+def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters, keep: bool = False):
+    """Final polygons (returned as a frame) to ``buildings-NNNNN.parquet``, unless ``keep``: the caller finishes the
+    scene with the frame itself; pieces touching an inner window border to ``chunk-NNNNN.npz`` (their count is
+    returned too)."""
     final, border = [], []
     for window in windows_of(chunk.window, work.window_px):
         rows = slice(int(window.row_off) - chunk.row_off, int(window.row_off + window.height) - chunk.row_off)
@@ -106,11 +110,12 @@ def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters) -> tuple[int, int]:
         border += touching
     from pyproj import CRS
 
-    frame = pieces_to_frame(final, work.grid, work.gsd_m, work.vector, CRS.from_wkt(work.metric_wkt), order_keys=True)
-    if len(frame):
-        frame.drop(columns="id").to_parquet(piece_path(work.staging, "buildings", chunk.index, ".parquet"), index=False)
+    frame = pieces_to_frame(final, work.grid, work.gsd_m, work.vector, CRS.from_wkt(work.metric_wkt),
+                            order_keys=True).drop(columns="id")
+    if len(frame) and not keep:
+        frame.to_parquet(piece_path(work.staging, "buildings", chunk.index, ".parquet"), index=False)
     dump_pieces(piece_path(work.staging, "chunk", chunk.index, ".npz"), border)
-    return len(frame), len(border)
+    return frame, len(border)
 
 
 def _owned_instances(work: SceneWork, chunk: Chunk, predictions: list[TilePrediction]) -> int:

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 import rasterio.transform
@@ -37,12 +37,16 @@ from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.features import shapes
 from rasterio.windows import Window
-from scipy import ndimage
 
 from .outline import rectangularity, regularise_px
 from .read import Grid
 
-_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+if TYPE_CHECKING:  # geopandas is imported where frames are made, on workers: the driver never needs it
+    import geopandas as gpd
+
+#: the 4-connected cross (``ndimage.generate_binary_structure(2, 1)``); scipy is imported by the functions that
+#: label, on workers, not by the driver, which imports this module for its records (0.3 s of every run's start)
+_FOUR_CONNECTED = np.array([[False, True, False], [True, True, True], [False, True, False]])
 SEPARATOR_GROW_PX = 2
 
 
@@ -99,6 +103,8 @@ def trace_components(labels: np.ndarray, count: int, offset: Affine) -> dict[int
     of empty ground."""
     one_by_one = None
     if count <= TRACE_ONE_BY_ONE_MAX:
+        from scipy import ndimage
+
         boxes = ndimage.find_objects(labels, max_label=count)
         scanned = sum((b[0].stop - b[0].start) * (b[1].stop - b[1].start) + TRACE_CALL_PX for b in boxes if b)
         one_by_one = boxes if scanned < labels.size else None
@@ -256,6 +262,8 @@ def pieces_in_window(labels_in: np.ndarray, prob: np.ndarray, separator: np.ndar
             split = _dilate_four(split, dilate_px)
         split &= is_building
     core = is_building & ~split if split is not None else is_building
+    from scipy import ndimage
+
     labels, count = ndimage.label(core, structure=_FOUR_CONNECTED)
     if split is not None and split.any():
         _grow_into_separators(labels, split, edges, SEPARATOR_GROW_PX + dilate_px)
@@ -306,9 +314,14 @@ def building_pieces(mask_path: str, probability_path: str, grid: Grid, params: V
 def metric_crs(crs: ProjCRS, gdf: gpd.GeoDataFrame) -> ProjCRS:
     """The CRS areas are measured in: the scene's own if UTM or a local engineering grid (which has no other),
     else a Lambert azimuthal equal-area projection centred on the data (exact areas anywhere on Earth)."""
+    return metric_crs_for_bounds(crs, tuple(gdf.total_bounds))
+
+
+def metric_crs_for_bounds(crs: ProjCRS, bounds: tuple[float, float, float, float]) -> ProjCRS:
+    """:func:`metric_crs` of data within ``bounds`` (west, south, east, north in ``crs``)."""
     if crs.utm_zone is not None or crs.type_name.startswith("Engineering"):
         return crs
-    west, south, east, north = gdf.total_bounds
+    west, south, east, north = bounds
     to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     lon, lat = to_lonlat.transform((west + east) / 2, (south + north) / 2)
     return ProjCRS.from_proj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +datum=WGS84 +units=m +no_defs")
@@ -322,6 +335,8 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
     ``area_m2`` added, those under ``min_area_m2`` dropped, ``id`` 1..n in the given order. Also returns which
     input polygons were kept (bool array). ``metric``: the CRS areas are measured in (default: :func:`metric_crs`
     of these polygons; a chunked run passes the scene's, so every chunk measures alike)."""
+    import geopandas as gpd
+
     crs = ProjCRS.from_wkt(grid.crs_wkt)
     min_rectangularity, simplify_m = params.min_rectangularity, params.simplify_m
     shaped = rectangularity(polygons_px) >= min_rectangularity if min_rectangularity > 0 else np.ones(len(polygons_px), bool)
@@ -407,7 +422,5 @@ def piece_order(piece: Piece) -> tuple[float, float]:
 
 def scene_metric_crs(grid: Grid) -> ProjCRS:
     """:func:`metric_crs` for the whole grid (its footprint), so areas do not depend on which chunk measures."""
-    west, south, east, north = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)
-    footprint = gpd.GeoDataFrame(geometry=gpd.GeoSeries([shapely.box(west, south, east, north)],
-                                                        crs=ProjCRS.from_wkt(grid.crs_wkt)))
-    return metric_crs(ProjCRS.from_wkt(grid.crs_wkt), footprint)
+    bounds = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)
+    return metric_crs_for_bounds(ProjCRS.from_wkt(grid.crs_wkt), bounds)
