@@ -1,6 +1,8 @@
 """Scene benchmark (prints figures; not a test). All numbers from one run on one machine, quoted as ratios.
 
-    python benchmarks/bench_scene.py [--sizes 4096,8192] [--workers 2] [--out bench-output]
+    python benchmarks/bench_scene.py [--sizes 4096,8192] [--workers 2] [--threads N] [--out bench-output]
+
+``--threads 1`` measures the model as one worker runs it (one torch thread each); ``--sizes ""`` skips the scenes.
 
 1. float32 matmul peak of this machine (all torch threads), GFLOP/s;
 2. the default model's forward pass on a batch of 512 px tiles: GFLOP per tile (counted with torch's
@@ -77,9 +79,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4096,8192", help="scene sizes in px, comma-separated")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the peak and the model figures")
     parser.add_argument("--out", default="bench-output")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     peak = matmul_peak_gflops()
     model = model_figures()
@@ -89,7 +94,7 @@ def main() -> None:
         print(f"  {label:>13}: {model[f'gflops_{label}']:.1f} GFLOP/s = {model[f'gflops_{label}'] / peak:.0%} of peak, "
               f"{model[f'tiles_per_s_{label}']:.2f} tiles/s")
     scenes = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in [int(s) for s in args.sizes.split(",") if s]:
         scene = generate_scene(out / "scenes" / f"bench_{size}.tif", size_px=size, seed=size)
         s = run_scene_in_own_process(scene, out, args.workers)
         stages = s["stage_seconds"]
