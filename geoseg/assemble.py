@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
@@ -25,7 +25,9 @@ import rasterio
 from pyproj import CRS
 
 from .chunk import Chunk
+from .overviews import level_chunk, level_grid
 from .read import Grid, SceneReader
+from .stitch import MASK_NODATA
 from .staging import FinishResults, SceneWork, VectorsWritten, load_instances, load_pieces, piece_path
 from .vectorise import instances_to_frame, merge_border_pieces, pieces_to_frame
 from .formats import REGISTRY
@@ -36,9 +38,10 @@ if TYPE_CHECKING:
 
 
 def mosaic_vrt(pieces: list[tuple[Path, Chunk]], grid: Grid, path: Path, nodata: int | None = None,
-               with_mask: bool = False, tags: dict | None = None) -> Path:
+               with_mask: bool = False, tags: dict | None = None, overviews: list[Path] = ()) -> Path:
     """A VRT of the scene grid made of chunk pieces (each placed at its core); ``with_mask``: the pieces' internal
-    masks become the VRT's mask; ``tags``: dataset metadata."""
+    masks become the VRT's mask; ``tags``: dataset metadata; ``overviews``: datasets (VRTs of the same kind) that
+    are its overview levels, for the band and its mask."""
     t = grid.transform
 
     def sources(band: str) -> str:
@@ -48,27 +51,38 @@ def mosaic_vrt(pieces: list[tuple[Path, Chunk]], grid: Grid, path: Path, nodata:
             f"<DstRect xOff=\"{c.col_off}\" yOff=\"{c.row_off}\" xSize=\"{c.width}\" ySize=\"{c.height}\"/></SimpleSource>"
             for p, c in pieces)
 
+    def levels(band: str) -> str:
+        return "".join(f"<Overview><SourceFilename relativeToVRT=\"0\">{escape(str(o))}</SourceFilename>"
+                       f"<SourceBand>{band}</SourceBand></Overview>" for o in overviews)
+
     metadata = "".join(f"<MDI key={quoteattr(k)}>{escape(str(v))}</MDI>" for k, v in (tags or {}).items())
     xml = (f"<VRTDataset rasterXSize=\"{grid.width}\" rasterYSize=\"{grid.height}\">"
            f"<SRS>{escape(grid.crs_wkt)}</SRS><GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
            + (f"<Metadata>{metadata}</Metadata>" if metadata else "")
            + "<VRTRasterBand dataType=\"Byte\" band=\"1\">"
-           + (f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else "") + sources("1") + "</VRTRasterBand>"
-           + (f"<MaskBand><VRTRasterBand dataType=\"Byte\">{sources('mask,1')}</VRTRasterBand></MaskBand>" if with_mask else "")
+           + (f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else "") + sources("1") + levels("1")
+           + "</VRTRasterBand>"
+           + (f"<MaskBand><VRTRasterBand dataType=\"Byte\">{sources('mask,1')}{levels('mask,1')}</VRTRasterBand></MaskBand>"
+              if with_mask else "")
            + "</VRTDataset>\n")
     path.write_text(xml)
     return path
 
 
 def assemble_cog(work: SceneWork, chunks: list[Chunk], kind: str) -> float:
-    """``mask.tif`` or ``probability.tif`` in the staging folder, from the chunks' pieces; returns seconds."""
+    """``mask.tif`` or ``probability.tif`` in the staging folder, from the chunks' pieces, with the overview levels
+    the chunks made (:mod:`geoseg.overviews`) where they made them; returns seconds."""
     started = time.perf_counter()
     staging = Path(work.staging)
-    pieces = [(piece_path(staging, kind, c.index), c) for c in chunks]
     categorical = kind == "mask"
-    vrt = mosaic_vrt(pieces, work.grid, staging / "pieces" / f"{kind}.vrt", nodata=255 if categorical else None,
-                     with_mask=not categorical, tags=work.mask_tags if categorical else None)
-    write_cog(str(vrt), str(staging / f"{kind}.tif"), categorical=categorical)
+    shape = dict(nodata=MASK_NODATA if categorical else None, with_mask=not categorical)
+    levels = [mosaic_vrt([(piece_path(staging, f"{kind}-o{f}", c.index), level_chunk(c, f)) for c in chunks],
+                         level_grid(work.grid, f), staging / "pieces" / f"{kind}-o{f}.vrt", **shape)
+              for f in work.overview_factors]
+    vrt = mosaic_vrt([(piece_path(staging, kind, c.index), c) for c in chunks], work.grid,
+                     staging / "pieces" / f"{kind}.vrt", tags=work.mask_tags if categorical else None,
+                     overviews=levels, **shape)
+    write_cog(str(vrt), str(staging / f"{kind}.tif"), categorical=categorical, own_overviews=bool(levels))
     return time.perf_counter() - started
 
 

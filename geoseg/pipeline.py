@@ -37,6 +37,7 @@ from .formats import REGISTRY, wgs84_only
 from .options import RunOptions
 from .read import SceneFacts, SceneReader, is_local_crs, open_scene
 from .summary import RunSummary, SceneDone, scene_summary
+from .overviews import chunk_local_factors
 from .staging import STAGING_PREFIX, ChunkResult, FinishResults, Measured, SceneWork, close_output, prepare_output
 from .tasks import predict_batch, process_chunk, with_rss
 from .tile import owned_areas, tile_grid
@@ -153,7 +154,8 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
         grid=grid, staging=str(staging), n_classes=len(card.classes), separator_class=card.separator_class,
         mask_tags={"CLASSES": ",".join(published), "BUILDING_CLASS": str(card.building_class)},
         chunk_px=opts.chunk_px, window_px=window_px_for(opts.chunk_px), gsd_m=gsd_m,
-        metric_wkt=scene_metric_crs(grid).to_wkt(), vector=vector, owned=owned)
+        metric_wkt=scene_metric_crs(grid).to_wkt(), vector=vector, owned=owned,
+        overview_factors=chunk_local_factors(grid.height, grid.width, opts.chunk_px))
     return SceneRun(str(scene), name, scene_dir, staging, work, plan, opened.facts, opened.reader, len(tiles), started,
                     last_user=plan.last_user(), driver_s=time.perf_counter() - started)
 

@@ -61,6 +61,8 @@ class SceneWork:
     vector: VectorParams = VectorParams()
     #: instance models: (row_off, col_off) of each tile -> the scene pixels it owns (geoseg.tile.owned_areas)
     owned: dict | None = None
+    #: the COGs' overview factors the chunks make (geoseg.overviews); () : GDAL builds the overviews
+    overview_factors: tuple[int, ...] = ()
 
     @property
     def building_class(self) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 from .assemble import finish_scene
 from .backends import Backend, BackendSpec, load_backend
 from .chunk import Chunk
+from .overviews import average_levels, level_chunk, level_grid, nearest_levels
 from .probes import worker_rss_mb
 from .read import SceneReader
 from .staging import BatchStats, ChunkResult, Instance, Measured, SceneWork, dump_instances, dump_pieces, piece_path
@@ -81,6 +82,7 @@ def process_chunk(work: SceneWork, chunk: Chunk, batches: list[BatchResult], own
                 MASK_NODATA, tags=work.mask_tags)
     write_piece(str(piece_path(work.staging, "probability", chunk.index)), rasters.probability, work.grid,
                 chunk.window, None, valid=rasters.valid)
+    _write_overview_pieces(work, chunk, rasters)
     t2 = time.perf_counter()
     frames = None
     if work.owned is None:
@@ -93,6 +95,22 @@ def process_chunk(work: SceneWork, chunk: Chunk, batches: list[BatchResult], own
     finished = finish_scene(work, [chunk], finish_formats, frames) if finish_formats is not None else None
     return ChunkResult(chunk.index, stats, stitch_s=t1 - t0, write_s=t2 - t1, vectorise_s=t3 - t2, polygons=polygons,
                        border=border, rss_mb=worker_rss_mb(), finished=finished)
+
+
+def _write_overview_pieces(work: SceneWork, chunk: Chunk, rasters) -> None:
+    """This chunk's share of each COG overview level (:mod:`geoseg.overviews`) as ``mask-oF-NNNNN.tif`` and
+    ``probability-oF-NNNNN.tif``."""
+    n = len(work.overview_factors)
+    if not n:
+        return
+    levels = zip(work.overview_factors, nearest_levels(rasters.labels, n),
+                 average_levels(rasters.probability, rasters.valid, n))
+    for factor, labels, (probability, valid) in levels:
+        grid, core = level_grid(work.grid, factor), level_chunk(chunk, factor).window
+        write_piece(str(piece_path(work.staging, f"mask-o{factor}", chunk.index)), labels, grid, core, MASK_NODATA,
+                    tags=work.mask_tags)
+        write_piece(str(piece_path(work.staging, f"probability-o{factor}", chunk.index)), probability, grid, core,
+                    None, valid=valid)
 
 
 def _vectorise_chunk(work: SceneWork, chunk: Chunk, rasters, keep: bool = False):
