@@ -37,7 +37,8 @@ from .formats import EVALUATE_ORDER, REGISTRY as FORMATS
 from .metrics import building_scores
 from .read import Grid
 from .stitch import MASK_NODATA
-from .vectorise import label_polygons, metric_crs
+from .trace import label_polygons
+from .vectorise import metric_crs
 
 VECTOR_SUFFIXES = (".gpkg", ".parquet", ".geojson", ".shp", ".json", ".fgb")
 MATCH_IOU = 0.5

@@ -332,7 +332,7 @@ def test_one_split_building_does_not_undo_the_others():
     from affine import Affine
     from rasterio.features import rasterize
 
-    from geoseg.vectorise import label_polygons
+    from geoseg.trace import label_polygons
 
     rectangle = shapely.affinity.rotate(box(10, 10, 40, 25), 17, origin=(10, 10))
     [stairs] = label_polygons(rasterize([rectangle], out_shape=(60, 60)), Affine.identity())[1]  # as pixels give it

@@ -10,11 +10,12 @@ from affine import Affine
 from rasterio.windows import Window
 from scipy import ndimage
 
-from geoseg import vectorise
+from geoseg import trace
 from geoseg.read import Grid
 from geoseg.stitch import TilePrediction, argmax_classes, blend_chunk
 from geoseg.tile import blend_weights, tile_grid
-from geoseg.vectorise import VectorParams, _dilate_four, label_polygons, pieces_in_window, trace_components
+from geoseg.trace import label_polygons, trace_components
+from geoseg.vectorise import VectorParams, _dilate_four, pieces_in_window
 
 GRID = Grid("EPSG:32631", Affine(0.5, 0, 500000, 0, -0.5, 100000), 600, 600)
 
@@ -81,7 +82,7 @@ def _blobs(shape: tuple[int, int], density: float, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("density", [0.0005, 0.02])
 def test_tracing_one_by_one_gives_the_polygons_of_one_scan(density, monkeypatch):
-    monkeypatch.setattr(vectorise, "TRACE_CALL_PX", 0)  # one by one whenever the boxes are smaller than the window
+    monkeypatch.setattr(trace, "TRACE_CALL_PX", 0)  # one by one whenever the boxes are smaller than the window
     labels, count = ndimage.label(_blobs((400, 500), density, 5), structure=ndimage.generate_binary_structure(2, 1))
     offset = Affine.translation(1000, 2000)
     traced = trace_components(labels, count, offset)
@@ -124,9 +125,9 @@ def test_the_one_by_one_threshold_does_not_change_pieces(monkeypatch):
     prob = np.full((300, 300), 128, np.uint8)
     window = Window(0, 0, 300, 300)
     grid = Grid(GRID.crs_wkt, GRID.transform, 300, 300)
-    monkeypatch.setattr(vectorise, "TRACE_CALL_PX", 0)
+    monkeypatch.setattr(trace, "TRACE_CALL_PX", 0)
     one_by_one = pieces_in_window(labels, prob, None, window, grid, 300, VectorParams())[0]
-    monkeypatch.setattr(vectorise, "TRACE_ONE_BY_ONE_MAX", 0)
+    monkeypatch.setattr(trace, "TRACE_ONE_BY_ONE_MAX", 0)
     one_scan = pieces_in_window(labels, prob, None, window, grid, 300, VectorParams())[0]
     assert len(one_by_one) == len(one_scan) > 0
     assert all(a.polygon.equals_exact(b.polygon, 0) and a.pixels == b.pixels for a, b in zip(one_by_one, one_scan))
@@ -137,7 +138,7 @@ def test_a_few_buildings_in_a_large_window_are_traced_one_by_one(monkeypatch):
     labels = np.zeros((2048, 2048), np.int32)
     labels[100:110, 100:120], labels[1500:1530, 900:905] = 1, 2
     scans = []
-    real = vectorise.label_polygons
-    monkeypatch.setattr(vectorise, "label_polygons", lambda a, *args, **kw: scans.append(a.shape) or real(a, *args, **kw))
+    real = trace.label_polygons
+    monkeypatch.setattr(trace, "label_polygons", lambda a, *args, **kw: scans.append(a.shape) or real(a, *args, **kw))
     traced = trace_components(labels, 2, Affine.identity())
     assert scans == [(10, 20), (30, 5)] and list(traced) == [1, 2]
