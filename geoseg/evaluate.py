@@ -7,7 +7,7 @@ a class raster (+ optional polygons). The reference is a vector file (any CRS) o
   nearest neighbour (raster) onto it; pixels that are nodata in the prediction or unknown in the reference
   are left out.
 * SpaceNet metric: predicted and reference polygons in one metric CRS (the scene's own if UTM, else a Lambert
-  azimuthal equal-area CRS centred on the scene: see ``geoseg.vectorise.metric_crs``), reference
+  azimuthal equal-area CRS centred on the scene: see ``geoseg.vectorise.scene_metric_crs``), reference
   polygons cut to the prediction's footprint and limited to those whose representative point falls on a valid
   prediction pixel; polygons of either side under ``min_area_m2`` (default 4, as ``geoseg run``) are left out; pairs are matched
   one-to-one, greedily by decreasing IoU, and a match needs IoU >= 0.5. Precision = matches / predictions,
@@ -38,7 +38,7 @@ from .metrics import building_scores
 from .read import Grid
 from .stitch import MASK_NODATA
 from .trace import label_polygons
-from .vectorise import metric_crs
+from .vectorise import scene_metric_crs
 
 VECTOR_SUFFIXES = (".gpkg", ".parquet", ".geojson", ".shp", ".json", ".fgb")
 MATCH_IOU = 0.5
@@ -216,7 +216,7 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     # building on either side (estimate_utm_crs of two empty frames raised) and at the poles
     extent = gpd.GeoDataFrame(geometry=[shapely.box(*rasterio.transform.array_bounds(grid.height, grid.width,
                                                                                       grid.transform))], crs=grid.crs)
-    metric = metric_crs(extent.crs, extent)
+    metric = scene_metric_crs(grid)
     predicted, ref_polygons = predicted.to_crs(metric), ref_polygons.to_crs(metric)
     # as SpaceNet does: reference buildings are cut to the image footprint before matching
     footprint = extent.to_crs(metric).geometry.iloc[0]

@@ -232,13 +232,10 @@ class _Driver:
         run.next_chunk += 1
 
     def submit_finishing(self, run: SceneRun) -> None:
-        """The COGs and the vector files (+ preview) of a scene whose chunks are all done: three tasks, before any
-        other (priority), the vector files first: the longest of the three (1.3 s against 0.5 and 0.75 s for the
-        COGs of a generated 8192 px scene), so that on 2 workers the COGs run beside it, not after it."""
+        """The COGs and the vector files (+ preview) of a scene whose chunks are all done: three tasks."""
         steps = finishing_steps(run.work, run.plan.chunks, list(self.opts.formats))
         for kind, (fn, *args) in steps.items():
-            priority = 2 if kind == "vectors" else 1
-            self._track(self.runner.submit(with_rss, fn, *args, priority=priority), Pending(run, "finish", step=kind))
+            self._track(self.runner.submit(with_rss, fn, *args, priority=1), Pending(run, "finish", step=kind))  # first
 
     def collect(self, future) -> Iterator[SceneOutcome]:
         """Take one finished future: a chunk (the scene's finishing follows its last), a finishing task (the

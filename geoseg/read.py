@@ -71,6 +71,12 @@ class Grid:
         return self.width * self.height / 1e6
 
 
+def affine_xy(t: Affine, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates mapped by ``t``: the arithmetic of ``shapely.affinity.affine_transform``, term for term, so the
+    results are the same to the last bit as mapping each geometry with it."""
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+
+
 def open_raster(path: str) -> rasterio.DatasetReader:
     """Open an input raster; one-line GeosegError unless GDAL read it with one of :data:`INPUT_DRIVERS`, from
     that one file alone.

@@ -80,6 +80,18 @@ def batched(tiles: Sequence[Tile], batch_size: int) -> Iterator[list[Tile]]:
         yield list(tiles[start : start + batch_size])
 
 
+def overlap(tile: Tile, area: Window) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Where ``tile`` and ``area`` (grid px) share pixels: (rows, columns) slices into the tile's arrays and into
+    the area's, or None if they share none (touching edges share none)."""
+    r0, r1 = max(tile.row_off, int(area.row_off)), min(tile.row_end, int(area.row_off + area.height))
+    c0, c1 = max(tile.col_off, int(area.col_off)), min(tile.col_end, int(area.col_off + area.width))
+    if r0 >= r1 or c0 >= c1:
+        return None
+    row, col = int(area.row_off), int(area.col_off)
+    in_tile = (slice(r0 - tile.row_off, r1 - tile.row_off), slice(c0 - tile.col_off, c1 - tile.col_off))
+    return in_tile, (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
+
+
 def blend_weights(height_px: int, width_px: int, floor: float = 1e-3) -> np.ndarray:
     """Separable Hann (sin²) weights for blending overlapping tiles, float32, shape (height_px, width_px).
 

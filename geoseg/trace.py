@@ -2,7 +2,7 @@
 
 All coordinates come out through an affine ``transform`` (``offset``) of **pixel** coordinates: pixel (row, col)
 covers x in [col, col + 1), y in [row, row + 1) before it. Components are 4-connected (a corner contact is two
-polygons). GDAL's polygonize does the tracing; it scans every pixel it is given (62 ms for an empty 2048 px
+polygons). GDAL's polygonize does the tracing; it scans every pixel it is given (58 ms for an empty 2048 px
 window), which is why :func:`trace_components` traces a few components in their own boxes instead.
 """
 
@@ -27,8 +27,8 @@ def label_polygons(labels: np.ndarray, transform: Affine, only: int | None = Non
     return polygons
 
 
-#: what one call of GDAL's polygonize costs besides its scan, in pixels scanned (0.48 ms for a 30 px box against
-#: 62 ms for a 2048 px window): buildings are traced one by one in their own boxes when the boxes and calls add up
+#: what one call of GDAL's polygonize costs besides its scan, in pixels scanned (0.5 ms for a 30 px box against
+#: 58 ms for an empty 2048 px window, `benchmarks/bench_fast_paths.py`): buildings are traced one by one in their own boxes when the boxes and calls add up
 #: to less than the window
 TRACE_CALL_PX = 32_000
 #: more components than this in a window: traced in one scan without weighing the alternative

@@ -38,7 +38,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from .outline import rectangularity, regularise_px
-from .read import Grid
+from .read import Grid, affine_xy
 from .trace import label_polygons, trace_components
 
 if TYPE_CHECKING:  # geopandas is imported where frames are made, on workers: the driver never needs it
@@ -112,7 +112,7 @@ def _inner_edges(window: Window, grid: Grid, box: tuple[int, int, int, int] | No
 
 def _dilate_four(mask: np.ndarray, steps: int) -> np.ndarray:
     """``ndimage.binary_dilation(mask, 4-connected cross, iterations=steps)`` (outside the array counts as
-    False), by shifted ORs: a quarter of its time."""
+    False), by shifted ORs: over ten times faster on a 2048 px window (`benchmarks/bench_fast_paths.py`)."""
     mask = mask.copy()
     for _ in range(steps):
         grown = mask.copy()
@@ -145,7 +145,8 @@ def _grow_into_separators(labels: np.ndarray, separator: np.ndarray, edges: list
     at each step, every such pixel still without a label takes the highest label among its four neighbours (a
     4-connected grey dilation, computed only at those pixels; outside the window counts as no label). The four
     neighbours' flat indices are found once; one outside the window is the pixel itself, which has no label
-    while it is still growing (3x faster than finding them at every step)."""
+    while it is still growing (14x the whole-window grey dilation per step it replaced,
+    `benchmarks/bench_fast_paths.py`)."""
     free = separator.copy()
     for e in edges:
         free[e] = False
@@ -274,14 +275,10 @@ def building_pieces(mask_path: str, probability_path: str, grid: Grid, params: V
     return final + merge_border_pieces(border)
 
 
-def metric_crs(crs: ProjCRS, gdf: gpd.GeoDataFrame) -> ProjCRS:
-    """The CRS areas are measured in: the scene's own if UTM or a local engineering grid (which has no other),
-    else a Lambert azimuthal equal-area projection centred on the data (exact areas anywhere on Earth)."""
-    return metric_crs_for_bounds(crs, tuple(gdf.total_bounds))
-
-
-def metric_crs_for_bounds(crs: ProjCRS, bounds: tuple[float, float, float, float]) -> ProjCRS:
-    """:func:`metric_crs` of data within ``bounds`` (west, south, east, north in ``crs``)."""
+def metric_crs(crs: ProjCRS, bounds: tuple[float, float, float, float]) -> ProjCRS:
+    """The CRS areas are measured in for data within ``bounds`` (west, south, east, north in ``crs``): the scene's
+    own if UTM or a local engineering grid (which has no other), else a Lambert azimuthal equal-area projection
+    centred on the data (exact areas anywhere on Earth)."""
     if crs.utm_zone is not None or crs.type_name.startswith("Engineering"):
         return crs
     west, south, east, north = bounds
@@ -312,7 +309,7 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
     geoms = _to_grid_crs(polygons_px, grid.transform)
     keep = np.ones(len(geoms), bool)
     if len(geoms):  # areas and the filter on arrays, then one frame (a frame edited column by column cost 13 ms a chip)
-        metric = metric or metric_crs_for_bounds(crs, tuple(shapely.total_bounds(geoms)))
+        metric = metric or metric_crs(crs, tuple(shapely.total_bounds(geoms)))
         if crs.is_exact_same(metric):  # what GeoSeries.to_crs does then: nothing
             area_m2 = shapely.area(geoms).round(2)
         else:
@@ -331,12 +328,10 @@ def georeference(polygons_px: list, columns: dict[str, list], grid: Grid, gsd_m:
 
 
 def _to_grid_crs(polygons_px: list, t: Affine) -> np.ndarray:
-    """Pixel-coordinate polygons mapped by the grid's transform, all at once (the arithmetic of
-    ``shapely.affinity.affine_transform``, term for term, so the coordinates are the same to the last bit), each
+    """Pixel-coordinate polygons mapped by the grid's transform, all at once (:func:`geoseg.read.affine_xy`), each
     made valid (:func:`_valid`)."""
     def to_crs(coords: np.ndarray) -> np.ndarray:
-        x, y = coords.T
-        return np.stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f]).T
+        return np.stack(affine_xy(t, *coords.T)).T
 
     geoms = np.empty(len(polygons_px), dtype=object)
     geoms[:] = polygons_px
@@ -392,4 +387,4 @@ def piece_order(piece: Piece) -> tuple[float, float]:
 def scene_metric_crs(grid: Grid) -> ProjCRS:
     """:func:`metric_crs` for the whole grid (its footprint), so areas do not depend on which chunk measures."""
     bounds = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)
-    return metric_crs_for_bounds(ProjCRS.from_wkt(grid.crs_wkt), bounds)
+    return metric_crs(ProjCRS.from_wkt(grid.crs_wkt), bounds)

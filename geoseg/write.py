@@ -21,6 +21,7 @@ import shapely
 from PIL import Image, ImageDraw
 
 from .formats import output_file_names
+from .read import affine_xy
 
 #: every file a scene's output folder can hold: a rerun removes those of them that it did not write
 SCENE_OUTPUTS = frozenset(["mask.tif", "probability.tif", "instances.tif", "preview.png", "summary.json"]
@@ -33,8 +34,7 @@ MAX_FOLDER_NAME = 120
 
 def write_cog(source_path: str, dest_path: str, categorical: bool, own_overviews: bool = False) -> None:
     """Copy a tiled GeoTIFF (or VRT) to a DEFLATE-compressed COG with overviews (nearest for classes, average
-    else): the source's own (``own_overviews``: :mod:`geoseg.overviews`, 0.35 -> 0.12 s for a 16.8 Mpx
-    probability raster) or built by GDAL. DEFLATE level 1, not GDAL's 6: on a 12.6 Mpx probability raster 0.40 s
+    else): the source's own (``own_overviews``: :mod:`geoseg.overviews`) or built by GDAL. DEFLATE level 1, not GDAL's 6: on a 12.6 Mpx probability raster 0.40 s
     instead of 0.85 s for a file 8.5 % larger (7.2 vs 6.6 MiB), readable by every GDAL, QGIS and browser COG reader
     (ZSTD is no faster here and not readable by all of them)."""
     rasterio.shutil.copy(
@@ -57,21 +57,20 @@ class Preview:
 
     def draw(self, geometries, grid) -> None:
         """Outlines of polygons in the grid's CRS (mapped back to grid pixels, then to preview pixels), every
-        ring's coordinates in one pass (the arithmetic of ``shapely.affinity.affine_transform``, term for term)."""
+        ring's coordinates in one pass (:func:`geoseg.read.affine_xy`)."""
         rings = shapely.get_exterior_ring(shapely.get_parts(np.asarray(geometries, dtype=object)))
         if not len(rings):
             return
         coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-        t = ~grid.transform
-        x, y = coords.T
-        xy = np.stack([(t.a * x + t.b * y + t.c) * self.scale, (t.d * x + t.e * y + t.f) * self.scale], axis=1)
+        x, y = affine_xy(~grid.transform, *coords.T)
+        xy = np.stack([x * self.scale, y * self.scale], axis=1)
         starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
         for ring in np.split(xy, starts[1:]):
             self.draw_on.line(ring.ravel().tolist(), fill=(255, 40, 40), width=2 if self.scale > 0.5 else 1)
 
     def save(self, path: Path) -> None:
-        """PNG at zlib level 1: the same pixels as PIL's default level 6 in a third of the time (0.44 -> 0.14 s for
-        the 1024 px preview of a generated 4096 px scene), for a file 12 % larger."""
+        """PNG at zlib level 1: the same pixels as PIL's default level 6, 2.8x faster on the demo scene's imagery
+        (`benchmarks/bench_fast_paths.py`), for a larger file."""
         self.picture.save(path, compress_level=1)
 
 

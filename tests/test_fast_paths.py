@@ -13,7 +13,7 @@ from scipy import ndimage
 from geoseg import trace
 from geoseg.read import Grid
 from geoseg.stitch import TilePrediction, argmax_classes, blend_chunk
-from geoseg.tile import blend_weights, tile_grid
+from geoseg.tile import blend_weights, overlap, tile_grid
 from geoseg.trace import label_polygons, trace_components
 from geoseg.vectorise import VectorParams, _dilate_four, pieces_in_window
 
@@ -21,17 +21,15 @@ GRID = Grid("EPSG:32631", Affine(0.5, 0, 500000, 0, -0.5, 100000), 600, 600)
 
 
 def numpy_blend(core: Window, predictions: list[TilePrediction], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The weighted mean, written plainly in numpy (the stage's definition)."""
+    """The weighted mean, written plainly in numpy (the stage's definition; the same tile/core overlap)."""
     h, w = int(core.height), int(core.width)
     acc, weight, valid = np.zeros((n_classes, h, w), np.float32), np.zeros((h, w), np.float32), np.zeros((h, w), bool)
     for p in sorted(predictions, key=lambda p: p.tile):
         t = p.tile
-        r0, r1 = max(t.row_off, core.row_off), min(t.row_end, core.row_off + h)
-        c0, c1 = max(t.col_off, core.col_off), min(t.col_end, core.col_off + w)
-        if r0 >= r1 or c0 >= c1:
+        shared = overlap(t, core)
+        if shared is None:
             continue
-        src = (slice(r0 - t.row_off, r1 - t.row_off), slice(c0 - t.col_off, c1 - t.col_off))
-        dst = (slice(r0 - core.row_off, r1 - core.row_off), slice(c0 - core.col_off, c1 - core.col_off))
+        src, dst = shared
         valid[dst] |= p.valid[src]
         if p.probabilities is None:
             continue
