@@ -1,7 +1,8 @@
 """Build the sparse benchmark scene of the gate: a large georeferenced GeoTIFF where few tiles hold buildings,
 made only of real validation-side imagery from ``../shared/data`` (run once; reproducible; output outside the repo).
 
-    python benchmarks/make_sparse_scene.py [--out ~/.cache/geoseg/sparse] [--cells 7] [--seed 0]
+    python benchmarks/make_sparse_scene.py [--out ~/.cache/geoseg/sparse] [--cells 7] [--seed 0] [--building-cells N]
+        [--empty-only]
 
 The scene is ``--cells`` x ``--cells`` cells of 512 x 512 px at the default building model's 0.3 m (7 x 7:
 3584 px square, which ``geoseg run`` cuts into 8 x 8 = 64 tiles of 512 px with its 64 px overlap), shuffled
@@ -150,12 +151,20 @@ def validation_side() -> tuple[dict[str, LabelledScene], list[LabelledScene], di
 
 
 def choose_cells(n_cells: int, scenes: dict[str, LabelledScene], dubai: list[LabelledScene],
-                 landcover: dict[str, np.ndarray]) -> list[Cell]:
+                 landcover: dict[str, np.ndarray], n_building: int | None = None, empty_only: bool = False) -> list[Cell]:
+    """The scene's cells: ``n_building`` with buildings (default :data:`BUILDING_CELL_SHARE` of them; the two
+    towns' held-out rows first, then Dubai windows), the rest without (``empty_only``: without a single building
+    pixel, windows overlapping by up to 3/4 to find enough of them: the rural case)."""
     towns = [folded_cell(scenes["banepa:val"]), folded_cell(scenes["atlanta:val"])]
-    n_building = round(BUILDING_CELL_SHARE * n_cells)
-    with_buildings = towns + spread([c for s in dubai for c in windows(s, lambda f: f >= TARGET_FRACTION)],
-                                    n_building - len(towns))
-    without_buildings = [c for s in dubai for c in windows(s, lambda f: f < TARGET_FRACTION)]
+    n_building = round(BUILDING_CELL_SHARE * n_cells) if n_building is None else n_building
+    if not 1 <= n_building < n_cells:
+        raise SystemExit(f"--building-cells {n_building}: between 1 and {n_cells - 1}")
+    with_buildings = towns[:n_building] + spread(
+        [c for s in dubai for c in windows(s, lambda f: f >= TARGET_FRACTION)], max(n_building - len(towns), 0))
+    if empty_only:
+        without_buildings = [c for s in dubai for c in windows(s, lambda f: f == 0, max_overlap=0.75)]
+    else:
+        without_buildings = [c for s in dubai for c in windows(s, lambda f: f < TARGET_FRACTION)]
     n_without = n_cells - len(with_buildings) - 1
     # open water is the easiest ground for a gate: a quarter of the cells, more only where the land runs out
     is_water = [(kinds_of(c, landcover) == KINDS.index("water")).mean() >= 0.5 for c in without_buildings]
@@ -173,11 +182,16 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.expanduser("~/.cache/geoseg/sparse"))
     parser.add_argument("--cells", type=int, default=7, help="cells per side (512 px each)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--building-cells", type=int, default=None,
+                        help=f"cells with buildings (default {BUILDING_CELL_SHARE:.0%} of them: 5 of 49); 1 or 2 "
+                             "give the rural case, the towns' held-out rows only")
+    parser.add_argument("--empty-only", action="store_true", help="cells without buildings hold no building pixel "
+                        "at all (Dubai windows may then overlap by 3/4): the rural case")
     args = parser.parse_args()
     out = Path(args.out)
     n = args.cells
     scenes, dubai, landcover = validation_side()
-    cells = choose_cells(n * n, scenes, dubai, landcover)
+    cells = choose_cells(n * n, scenes, dubai, landcover, args.building_cells, args.empty_only)
     order = np.random.default_rng(args.seed).permutation(len(cells))
     pixels = np.zeros((3, n * CELL_PX, n * CELL_PX), np.float32)
     labels = np.full((n * CELL_PX, n * CELL_PX), IGNORE, np.uint8)
