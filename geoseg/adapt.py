@@ -35,7 +35,8 @@ from torch import nn
 from .card import resolve_model_path
 from .datasets import IGNORE, LabelledScene
 from .errors import GeosegError
-from .gate import gate_path
+from .gate import gate_path, pregate_path
+from .pregate import PreGate
 from .model import GeoModel, load_model, save_model, use_bf16
 from .read import open_scene
 from .tile import tile_grid
@@ -222,6 +223,12 @@ def _keep_gate(base_path: Path, weights: Path, sha256: str, base_sha256: str) ->
     from .atomic import write_text_atomic
 
     write_text_atomic(gate_path(weights), json.dumps(gate, indent=2) + "\n")
+    if pregate_path(base_path).exists():  # the pre-gate sees thumbnails of the input, which adapting leaves as is
+        pre = PreGate.load(pregate_path(base_path))
+        pre.model_sha256, pre.calibration = sha256, dict(pre.calibration, kept_from=base_sha256)
+        pre.save(pregate_path(weights))
+    else:
+        pregate_path(weights).unlink(missing_ok=True)
 
 
 def adapt_run(scenes: list[str], out_dir: str | os.PathLike, opts) -> tuple[object, dict]:
@@ -229,10 +236,9 @@ def adapt_run(scenes: list[str], out_dir: str | os.PathLike, opts) -> tuple[obje
     name the adapted weights; the report goes into each scene's summary."""
     import dataclasses
 
-    from .backends import BackendSpec, resolve_spec
+    from .backends import spec_for
 
-    spec = resolve_spec(BackendSpec(opts.backend, opts.model, opts.device, opts.precision, opts.tau,
-                                    opts.score_threshold, tta=opts.tta))
+    spec = spec_for(opts)
     report = adapt(scenes, out_dir, dataclasses.replace(opts, model=spec.model),
                    AdaptSettings(budget_s=opts.adapt_budget_s), progress=opts.progress)
     return dataclasses.replace(opts, model=report.model), report.to_dict()

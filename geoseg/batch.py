@@ -37,12 +37,12 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import write_text_atomic
-from .backends import BackendSpec, describe_backend, resolve_spec
+from .backends import BackendSpec, describe_backend, spec_for
 from .card import file_sha256, resolve_model_path
 from .catalog import SceneRef, catalog_scenes, scene_item
 from .errors import GeosegError
 from .formats import is_sidecar, media_type
-from .gate import gate_path
+from .gate import gate_path, pregate_path
 from .job import Job
 from .options import DEFAULTS, run_fields
 from .lock import FileLock
@@ -66,11 +66,12 @@ def run_job(job: Job, progress: bool = True) -> dict:
         _remove_partials(out)
         scenes = catalog_scenes(job.catalog, job.asset, job.asset_role)
         folders = scene_folders(scenes)
-        spec = resolve_spec(BackendSpec(job.backend, job.model, job.device, job.precision, job.tau, job.score_threshold,
-                                        tta=job.tta))
+        spec = spec_for(job)
         card, model_sha256 = describe_backend(spec)
         provenance = {"geoseg:version": __version__, "geoseg:model": card.name, "geoseg:model_sha256": model_sha256,
                       "geoseg:backend": spec.name, "geoseg:gate_sha256": _gate_sha256(spec)}
+        if spec.cascade:
+            provenance["geoseg:pregate_sha256"] = file_sha256(pregate_path(resolve_model_path(spec.model)))
         settings = _settings_key(job, spec)
         manifest = _load_manifest(out)
         rows: dict[str, dict] = {}

@@ -32,7 +32,10 @@ from .atomic import atomic_path
 from .card import resolve_model_path
 from .datasets import IGNORE, LabelledScene
 from .errors import GeosegError
-from .gate import Gate, calibrate_rules, gate_open, gate_path
+from .gate import (Gate, calibrate_rules, fit_linear_head, gate_open, gate_path, pregate_path, rates,
+                   recall_threshold)
+from .pregate import (PREGATE_RECALL, THUMB_FACTOR, PreGate, cell_targets, score_thumbnails, thumbnails,
+                      train_thumbnet)
 from .model import GeoModel, SegBlocksModel, load_model
 from .tile import tile_grid
 from .config import TrainConfig, load_config, load_scenes
@@ -230,10 +233,11 @@ def plot_channels(means: np.ndarray, target: np.ndarray, gate: Gate, path: Path)
 def calibrate(model_path: str, data: list[str], out: str | None = None, split: str = "train", tile_px: int = 512,
               target_fraction: float = 0.005, k1: int = 10, k2: int = 3, target_recall: float | None = None,
               per_group: bool = False, min_group_tiles: int = 10, group_by: str = "place", autocast: bool = False,
-              seed: int = 0, progress=None) -> tuple[Gate, Path]:
+              seed: int = 0, progress=None, rule: str = "paper") -> tuple[Gate, Path]:
     """Calibrate, write the gate JSON (beside the model unless ``out``) and its PNG; returns (gate, path).
     ``per_group``: the recall target holds in every group (:func:`tile_groups`) with at least
-    ``min_group_tiles`` building tiles."""
+    ``min_group_tiles`` building tiles, and the learned head is fitted too (its threshold from out-of-group
+    logits); ``rule``: which rule the file opens tiles by."""
     net, sha256 = load_model(model_path)
     configs = [load_config(p) for p in data]
     rng = np.random.default_rng(seed)
@@ -249,18 +253,94 @@ def calibrate(model_path: str, data: list[str], out: str | None = None, split: s
     if tiles.cell_features and len(other_classes) > 1:  # one other class (background) needs no probe
         w, b = fit_probe(np.concatenate(tiles.cell_features), np.concatenate(tiles.cell_targets), seed=seed)
         weight, bias = w.round(6).tolist(), b.round(6).tolist()
+    if per_group:
+        head, report["linear"] = fit_linear_head(means, target, groups, np.array(tiles.source), target_recall or 0.95,
+                                                 min_group_targets=min_group_tiles)
     report["confounders_of_stage1"] = confounders(tiles, gate_open(stage1, [], means), target)
     report["false_alarms_by_place"] = false_alarms_by_group(places, gate_open(stage1, stage2, means), target)
     report["building_tiles_by_place"] = {str(g): int((target & (places == g)).sum()) for g in np.unique(places)}
     report.update({"data": list(data), "split": split, "tile_px": tile_px, "target_fraction": target_fraction,
                    "k1": k1, "k2": k2, "min_group_tiles": min_group_tiles if per_group else None,
                    "group_by": group_by if per_group else None, "sources": sorted(set(tiles.source))[:50]})
-    gate = Gate(sha256, int(means.shape[1]), stage1, stage2, weight, bias, report)
+    gate = Gate(sha256, int(means.shape[1]), stage1, stage2, weight, bias, report, head if per_group else None)
+    gate = gate.with_rule(rule)
     path = Path(out) if out else gate_path(resolve_model_path(model_path))
     gate.calibration["ops_per_tile"] = gate.ops_per_tile((tile_px // 32) ** 2)
     gate.to_json(path)
     plot_channels(means, target, gate, path.with_suffix(".png"))
     return gate, path
+
+
+@dataclass
+class Thumbnails:
+    """Pre-gate tiles in arrays: one row per tile (thumbnails of the prepared input, float16)."""
+
+    thumbs: list[torch.Tensor]
+    cells: list[np.ndarray]  # geoseg.pregate.cell_targets of each tile
+    building_fraction: np.ndarray
+    place: np.ndarray
+    scene: np.ndarray
+
+
+def collect_thumbnails(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int,
+                       overlap_px: int = 0, factor: int = THUMB_FACTOR, progress=None) -> Thumbnails:
+    """Thumbnails of the configs' ``split`` tiles (as :func:`collect` cuts them; no encoder), where their
+    buildings are (cell targets), their building fractions, places and scene names."""
+    thumbs, cells, fraction, place, scene_names = [], [], [], [], []
+    for config, scene, x, labels in tile_batches(net, configs, split, tile_px, progress, overlap_px):
+        building = config.building_classes
+        for t, tile_labels in zip(thumbnails(x, factor).to(torch.float16), labels):
+            known = tile_labels[tile_labels != IGNORE]
+            thumbs.append(t)
+            cells.append(cell_targets(tile_labels, building, IGNORE))
+            fraction.append(float(np.isin(known, building).mean()))
+            place.append(scene.place)
+            scene_names.append(scene.name)
+    return Thumbnails(thumbs, cells, np.asarray(fraction), np.asarray(place), np.asarray(scene_names))
+
+
+def held_scenes(places: np.ndarray, scenes: np.ndarray, every: int = 4) -> np.ndarray:
+    """bool (N,): tiles of the scenes kept out of the pre-gate's training to choose its threshold: every
+    ``every``-th scene of each place with several (Dubai images, Kampala and Dhaka chips, NEON plots), at least
+    one; a place of one scene is all training."""
+    held = np.zeros(len(scenes), bool)
+    for p in np.unique(places):
+        names = sorted(set(scenes[places == p]))
+        if len(names) > 1:
+            held |= np.isin(scenes, names[every - 1 :: every] or names[-1:]) & (places == p)
+    return held
+
+
+def calibrate_pregate(model_path: str, data: list[str], split: str = "train", tile_px: int = 512,
+                      overlap_px: int = 256, target_fraction: float = 0.005, recall: float = PREGATE_RECALL,
+                      min_group_tiles: int = 5, steps: int = 2000, seed: int = 0, out: str | None = None,
+                      progress=None) -> tuple[PreGate, Path]:
+    """Train the thumbnail pre-gate (:mod:`geoseg.pregate`) on the configs' ``split`` tiles (``overlap_px`` apart:
+    more tiles than the gate's), choose its threshold for ``recall`` on the held-out scenes (:func:`held_scenes`),
+    write ``NAME.pregate.safetensors`` beside the model; returns (pre-gate, path)."""
+    net, sha256 = load_model(model_path)
+    tiles = collect_thumbnails(net, [load_config(p) for p in data], split, tile_px, overlap_px)
+    target = tiles.building_fraction >= target_fraction
+    held = held_scenes(tiles.place, tiles.scene)
+    train_rows = np.flatnonzero(~held)
+    thumb_net = train_thumbnet([tiles.thumbs[i] for i in train_rows], [tiles.cells[i] for i in train_rows],
+                               target[train_rows], tiles.place[train_rows], steps=steps, seed=seed, ignore=IGNORE,
+                               progress=progress)
+    logits = score_thumbnails(thumb_net, tiles.thumbs)
+    threshold = recall_threshold(logits[held], target[held], tiles.place[held], recall, min_group_tiles)
+    passed = logits >= threshold
+    report = {"data": list(data), "split": split, "tile_px": tile_px, "overlap_px": overlap_px,
+              "target_fraction": target_fraction, "recall_target": recall, "steps": steps,
+              "training_tiles": int(len(train_rows)), "threshold_tiles": int(held.sum()),
+              "threshold_scenes": sorted(set(tiles.scene[held])),
+              "held_out": rates(passed[held], target[held]), "training": rates(passed[~held], target[~held]),
+              "pass_rate_of_empty_tiles_by_place": {
+                  str(p): round(float(passed[(tiles.place == p) & ~target].mean()), 4)
+                  for p in np.unique(tiles.place) if ((tiles.place == p) & ~target).any()}}
+    pre = PreGate(thumb_net, threshold, THUMB_FACTOR, sha256, report)
+    path = Path(out) if out else pregate_path(resolve_model_path(model_path))
+    pre.save(path)
+    return pre, path
 
 
 POLICY_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -156,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .calibrate import calibrate, calibrate_policy
+    from .calibrate import calibrate, calibrate_pregate, calibrate_policy
     from .architectures import architecture
     from .card import ModelCard, resolve_model_path
     from .model import use_bf16
@@ -172,12 +172,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                target_fraction=args.target_fraction, k1=args.k1, k2=args.k2,
                                target_recall=args.target_recall, per_group=args.per_group,
                                min_group_tiles=args.min_group_tiles, group_by=args.group_by,
-                               autocast=use_bf16(args.precision), progress=bar)
+                               autocast=use_bf16(args.precision), progress=bar, rule=args.rule)
     c = gate.calibration
     print(f"{c['tiles']} tiles ({c['target_tiles']} with buildings); stage 1: {len(gate.stage1)} channels "
           f"{c['stage1_only']}; stage 2: {len(gate.stage2)} channels; gate: {c['gate']}")
     print(f"gate written to {path} (+ {path.with_suffix('.png').name}); {gate.ops_per_tile((args.tile_px // 32) ** 2)} "
-          "operations per tile")
+          "operations per tile" + (f"; learned head (out-of-fold): {c['linear']['out_of_fold']}" if gate.linear else ""))
+    if args.pregate:
+        with tqdm(unit="step", desc="training the pre-gate", disable=args.quiet, file=sys.stderr, leave=False) as bar:
+            pre, pre_path = calibrate_pregate(args.model, args.data, split=args.split, tile_px=args.tile_px,
+                                              target_fraction=args.target_fraction, recall=args.pregate_recall,
+                                              steps=args.pregate_steps, out=args.pregate_out, progress=bar)
+        print(f"pre-gate written to {pre_path}: threshold {pre.threshold:.3f}; held-out scenes "
+              f"{pre.calibration['held_out']}")
     return 0
 
 
@@ -305,6 +312,14 @@ def _add_calibrate(sub) -> None:
                     help="with --per-group: a group is a place (default) or a scene folder (e.g. each Dubai tile)")
     ca.add_argument("--min-group-tiles", type=int, default=10,
                     help="with --per-group: groups with fewer building tiles are not held to the target (default 10)")
+    ca.add_argument("--rule", default="paper", choices=["paper", "linear"],
+                    help="which rule the gate file opens tiles by (`geoseg run --gate` overrides it); the learned "
+                         "head is fitted with --per-group")
+    ca.add_argument("--pregate", action="store_true",
+                    help="also train the thumbnail pre-gate of the cascade (NAME.pregate.safetensors; minutes)")
+    ca.add_argument("--pregate-recall", type=float, default=0.99, help="--pregate: building-tile recall it keeps")
+    ca.add_argument("--pregate-steps", type=int, default=2000, help="--pregate: training steps")
+    ca.add_argument("--pregate-out", default=None, help="--pregate: where (default: beside the model)")
     ca.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ca.add_argument("--quiet", action="store_true")
     ca.set_defaults(func=cmd_calibrate)

@@ -17,6 +17,14 @@ Calibration (no retraining, :func:`calibrate_rules`) labels calibration tiles *t
 Beyond the paper, ``target_recall`` moves all thresholds together, in units of each channel's standard
 deviation, to the least permissive setting whose building-tile recall on the calibration tiles meets it.
 
+Beyond the paper, a *learned* rule (:class:`LinearHead`, ``rule: linear`` in the gate file or ``geoseg run --gate
+linear``): logistic regression on all channel means (standardised), fitted to the same tile labels with classes
+weighted equally; its logit threshold is chosen the paper's way, for a recall target per place, but on
+*out-of-fold* logits (whole scenes held out, :func:`fit_linear_head`): in-sample, 512 weights fit the
+calibration tiles too well and the threshold comes out too strict for other ground. (Holding out whole *places*
+instead makes every place's building tiles score low, and the threshold opens every tile.) It reads every
+channel: C * (H' * W' + 1) additions per tile, still nothing against the decoder.
+
 A gate is stored as ``NAME.gate.json`` beside ``NAME.safetensors`` and bound to the weights' sha256.
 """
 
@@ -44,6 +52,28 @@ class ChannelRule:
         return x > self.threshold if self.higher else x < self.threshold
 
 
+@dataclass(frozen=True)
+class LinearHead:
+    """Logistic regression on all bottleneck channel means: ``logit = w . (mu - centre) / scale + bias``; a tile
+    opens where its logit is at least ``threshold``."""
+
+    weight: list[float]
+    bias: float
+    centre: list[float]
+    scale: list[float]
+    threshold: float
+
+    def logits(self, means: np.ndarray) -> np.ndarray:
+        return ((means - np.asarray(self.centre)) / np.asarray(self.scale)) @ np.asarray(self.weight) + self.bias
+
+    def open(self, means: np.ndarray) -> np.ndarray:
+        return self.logits(means) >= self.threshold
+
+
+#: the gate rules a gate file can hold: the paper's channel rules, the learned head
+GATE_RULES = ("paper", "linear")
+
+
 @dataclass
 class Gate:
     """A calibrated two-stage gate for one model (see the module docstring)."""
@@ -56,11 +86,25 @@ class Gate:
     coarse_weight: list[list[float]] | None = None
     coarse_bias: list[float] | None = None
     calibration: dict = field(default_factory=dict)  # how it was made, and its measured rates
+    linear: LinearHead | None = None  # the learned rule, where calibrated
+    rule: str = "paper"  # which rule opens tiles: "paper" (stage 1 and 2) or "linear"
 
     @property
     def channels(self) -> list[int]:
-        """The bottleneck channels the rules read (the only ones averaged at inference)."""
+        """The bottleneck channels the rule reads (the only ones averaged at inference)."""
+        if self.rule == "linear":
+            return list(range(self.bottleneck_channels))
         return sorted({r.channel for r in self.stage1 + self.stage2})
+
+    def with_rule(self, rule: str | None) -> "Gate":
+        """This gate deciding by ``rule`` (None: the file's own); refuses a rule it was not calibrated for."""
+        if rule is None or rule == self.rule:
+            return self
+        if rule not in GATE_RULES:
+            raise GeosegError(f"--gate {rule}: use one of {', '.join(GATE_RULES)}")
+        if rule == "linear" and self.linear is None:
+            raise GeosegError("--gate linear: this gate has no learned head; run `geoseg calibrate` again to fit one")
+        return replace(self, rule=rule)
 
     def ops_per_tile(self, bottleneck_cells: int) -> int:
         """Additions for the channel means plus one comparison per rule."""
@@ -68,6 +112,8 @@ class Gate:
 
     def open(self, means: np.ndarray) -> np.ndarray:
         """bool (N,): which tiles go through the decoder, from channel means (N, C) (unused channels ignored)."""
+        if self.rule == "linear":
+            return self.linear.open(means)
         return gate_open(self.stage1, self.stage2, means)
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -78,12 +124,21 @@ class Gate:
         data = json.loads(Path(path).read_text())
         data["stage1"] = [ChannelRule(**r) for r in data["stage1"]]
         data["stage2"] = [ChannelRule(**r) for r in data.get("stage2", [])]
+        if data.get("linear") is not None:
+            data["linear"] = LinearHead(**data["linear"])
         return cls(**data)
 
 
 def gate_path(model_path: str | os.PathLike) -> Path:
     """Where the gate of ``NAME.safetensors`` lives: ``NAME.gate.json``."""
     return Path(model_path).with_suffix(".gate.json")
+
+
+def pregate_path(model_path: str | os.PathLike) -> Path:
+    """Where the cascade's pre-gate (:mod:`geoseg.pregate`) of ``NAME.safetensors`` lives:
+    ``NAME.pregate.safetensors``."""
+    path = Path(model_path)
+    return path.with_name(path.stem + ".pregate.safetensors")
 
 
 def load_gate(model_path: str | os.PathLike, model_sha256: str) -> Gate:
@@ -247,3 +302,79 @@ def calibrate_rules(means: np.ndarray, target: np.ndarray, k1: int = 10, k2: int
 def _row(table: list[dict], channel: int) -> dict:
     row = next(r for r in table if r["channel"] == channel)
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+# ---- the learned rule ------------------------------------------------------------------------------------------
+
+
+def recall_threshold(scores: np.ndarray, target: np.ndarray, groups: np.ndarray | None, recall: float,
+                     min_group_targets: int = 10) -> float:
+    """The highest threshold on ``scores`` (opening: score >= threshold) whose building-tile recall is at least
+    ``recall`` pooled and in every group with at least ``min_group_targets`` target tiles."""
+    checked = [np.ones(len(target), bool)]
+    if groups is not None:
+        checked += [groups == g for g in np.unique(groups) if (target & (groups == g)).sum() >= min_group_targets]
+    best = np.inf
+    for rows in checked:
+        pos = np.sort(scores[rows & target])
+        if len(pos):
+            best = min(best, float(pos[int(np.floor((1 - recall) * len(pos) + 1e-9))]))
+    if not np.isfinite(best):
+        raise GeosegError("calibration needs tiles with buildings")
+    return best
+
+
+def _logistic(x: np.ndarray, target: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+    """Class-balanced logistic regression with an L2 penalty ``l2`` on the weights (L-BFGS)."""
+    import torch  # calibration only: the driver reads gate files without torch
+    import torch.nn.functional as F
+
+    xt = torch.from_numpy(np.asarray(x, np.float64))
+    yt = torch.from_numpy(target.astype(np.float64))
+    pos = max(float(yt.sum()), 1.0)
+    weights = torch.where(yt > 0, 0.5 / pos, 0.5 / max(len(yt) - pos, 1.0))
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = (weights * F.binary_cross_entropy_with_logits(xt @ w + b, yt, reduction="none")).sum() \
+            + 0.5 * l2 / len(yt) * (w * w).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return w.detach().numpy(), float(b.detach())
+
+
+def fit_linear_head(means: np.ndarray, target: np.ndarray, groups: np.ndarray, scenes: np.ndarray,
+                    target_recall: float = 0.95, l2: float = 10.0, min_group_targets: int = 10,
+                    folds: int = 5) -> tuple[LinearHead, dict]:
+    """The learned rule from calibration tiles (see the module docstring): the head fitted on all tiles; its
+    threshold the highest with ``target_recall`` pooled and in every group (place) with ``min_group_targets``
+    building tiles, on *out-of-fold* logits: the scenes are dealt into ``folds`` folds and each fold's tiles are
+    scored by a head fitted on the others (a tile is never scored by a head that saw its scene). Returns the head
+    and a report."""
+    target, groups, scenes = np.asarray(target, bool), np.asarray(groups), np.asarray(scenes)
+    if target.all() or not target.any():
+        raise GeosegError(f"calibration needs tiles with and without buildings; got {int(target.sum())} of {len(target)}")
+    centre, scale = means.mean(0), means.std(0) + 1e-6
+    x = (means - centre) / scale
+    names = np.unique(scenes)
+    fold_of = dict(zip(names, np.random.default_rng(0).permutation(len(names)) % folds))
+    fold = np.array([fold_of[s] for s in scenes])
+    out_of_fold = np.zeros(len(target))
+    for k in range(folds):
+        rows = fold == k
+        if rows.any() and target[~rows].any() and (~target[~rows]).any():
+            w, b = _logistic(x[~rows], target[~rows], l2)
+            out_of_fold[rows] = x[rows] @ w + b
+    threshold = recall_threshold(out_of_fold, target, groups, target_recall, min_group_targets)
+    w, b = _logistic(x, target, l2)
+    head = LinearHead([float(v) for v in w], b, [float(v) for v in centre], [float(v) for v in scale], threshold)
+    report = {"l2": l2, "target_recall": target_recall, "min_group_targets": min_group_targets,
+              "threshold_from": f"out-of-fold logits, {folds} folds of whole scenes",
+              "out_of_fold": rates(out_of_fold >= threshold, target),
+              "on_calibration_tiles": rates(head.open(means), target)}
+    return head, report

@@ -6,7 +6,7 @@ when it is meant to run (``schedule``, a cron expression the example schedulers 
     name: demo-buildings
     catalog: ../catalogs/demo/catalog.json   # paths are relative to the job file
     asset: null                              # asset key; null: role "data", else the first GeoTIFF
-    backend: auto                            # any `geoseg run --backend`; model, tau, score_threshold, tta, precision likewise
+    backend: auto                            # any `geoseg run --backend`; model, tau, score_threshold, tta, gate, cascade, precision likewise
     adapt: false                             # true: adapt the model to the scenes of each run first (no labels)
     tiling: {tile_px: 512, overlap_px: 64, batch_tiles: 4, chunk_px: 2048}
     reading: {bands: [1, 2, 3], assume_crs: null, target_gsd_m: null, native_resolution: false}
@@ -69,7 +69,7 @@ class Output(_OutputOptions):
 
 class Job(_TopOptions):
     """A job file: what to read, the run options (top level: backend, model, device, precision, tau,
-    score_threshold, tta, adapt, adapt_budget_s; and the sections below), the cluster, retries and schedule."""
+    score_threshold, tta, gate, cascade, adapt, adapt_budget_s; and the sections below), the cluster, retries and schedule."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     catalog: str

@@ -54,6 +54,11 @@ class RunOptions:
                                            "scoring at least this, 0-1 (default: the model's)")
     tta: bool = option(False, "--tta", "unet/fastscnn/contextnet: average each tile over left-right and up-down flips "
                        "(4x the model time; with --backend auto it runs the dense backend, not the gate)")
+    gate: Literal["paper", "linear"] | None = option(
+        None, "--gate", "bgs: which rule of the gate file opens the decoder: paper (BGS-Net's channel rules) or "
+        "linear (the learned head); default: the file's")
+    cascade: bool = option(False, "--cascade", "bgs: a thumbnail pre-gate first, so that only tiles that may hold "
+                           "buildings reach the encoder (needs NAME.pregate.safetensors: geoseg calibrate --pregate)")
     tile_px: int = option(512, "--tile", "tile size in pixels", job="tiling")
     overlap_px: int = option(64, "--overlap", "tile overlap in pixels", job="tiling")
     batch_tiles: int = option(4, "--batch", "tiles per Dask task", job="tiling")

@@ -27,7 +27,7 @@ from typing import Iterator, NamedTuple
 from tqdm import tqdm
 
 from .assemble import finishing_steps, save_preview_base
-from .backends import Backend, BackendSpec, RunModel, describe_backend, resolve_spec
+from .backends import Backend, RunModel, describe_backend, spec_for
 from .architectures import yields_instances
 from .chunk import ChunkPlan, plan_chunks, window_px_for
 from .cluster import dask_client, runner_for
@@ -53,8 +53,7 @@ __all__ = ["RunOptions", "RunSummary", "SceneOutcome", "run_scene", "run_scenes"
 def resolve_model(opts: RunOptions, backend: Backend | None = None) -> RunModel:
     if backend is not None:
         return RunModel(backend, backend.card, backend.model_sha256)
-    spec = resolve_spec(BackendSpec(opts.backend, opts.model, opts.device, opts.precision, opts.tau,
-                                    opts.score_threshold, tta=opts.tta))
+    spec = spec_for(opts)
     return RunModel(spec, *describe_backend(spec))
 
 

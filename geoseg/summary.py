@@ -119,6 +119,11 @@ def scene_summary(done: SceneDone, model: RunModel, opts: RunOptions) -> RunSumm
         details |= {"instances_detected": counters.get("instances_detected", 0),
                     "instances_kept": vectors.instances_kept,
                     "instance_score_threshold": card.instance_score_threshold}
+    if model.backend_name == "bgs":
+        details["gate_rule"] = getattr(model.spec, "gate", None)
+    if "tiles_past_pregate" in counters:  # the cascade: the pre-gate's pass rate is the encoder's execution rate
+        details |= {"cascade": True, "tiles_past_pregate": counters["tiles_past_pregate"],
+                    "encoder_execution_rate": round(counters["tiles_past_pregate"] / encoded, 4) if encoded else 0.0}
     if card.separator_class is not None:
         details |= {"separator_threshold": done.work.vector.separator_threshold,
                     "separator_dilate_px": done.work.vector.separator_dilate_px}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -23,7 +24,7 @@ import numpy as np
 from ..errors import GeosegError
 from ..architectures import ARCHITECTURES, GATED_BACKEND, architecture, import_named
 from ..card import ModelCard, file_sha256, resolve_model_path
-from ..gate import gate_path, load_gate
+from ..gate import Gate, gate_path, load_gate, pregate_path
 
 #: backend name -> "module:Class": one per architecture, and the gated backend
 REGISTRY: dict[str, str] = {name: row.backend for name, row in ARCHITECTURES.items()} | dict([GATED_BACKEND])
@@ -57,7 +58,9 @@ class BackendSpec:
     ("auto": bf16 autocast where the hardware makes it faster, else fp32), and for SegBlocks ``tau``, the
     fraction of blocks at full resolution (None: the card's); for instance backends ``score_threshold``, the
     lowest detection score kept, 0-1 (None: the card's ``instance_score_threshold``); ``tta``: the dense backends
-    average each tile's probabilities over left-right and up-down flips (4 passes)."""
+    average each tile's probabilities over left-right and up-down flips (4 passes); for the gated backend ``gate``,
+the gate file's rule to use ("paper" or "linear"; None: the file's own) and ``cascade``, the thumbnail pre-gate
+in front of the encoder."""
 
     name: str = AUTO
     model: str | None = None
@@ -66,6 +69,15 @@ class BackendSpec:
     tau: float | None = None
     score_threshold: float | None = None
     tta: bool = False  # dense backends only: test-time augmentation (geoseg.backends.unet.TTA_TURNS)
+    gate: str | None = None  # gated backend only: "paper" or "linear" (geoseg.gate.GATE_RULES)
+    cascade: bool = False  # gated backend only: the thumbnail pre-gate first (geoseg.pregate)
+
+
+def spec_for(options) -> BackendSpec:
+    """The spec a run's options (:class:`geoseg.options.RunOptions`, or a job, which has the same fields) name,
+    resolved (:func:`resolve_spec`)."""
+    return resolve_spec(BackendSpec(options.backend, options.model, options.device, options.precision, options.tau,
+                                    options.score_threshold, options.tta, options.gate, options.cascade))
 
 
 def backend_class(name: str):
@@ -77,14 +89,19 @@ def backend_class(name: str):
 def resolve_spec(spec: BackendSpec) -> BackendSpec:
     """``auto`` -> ``bgs`` if the model has a gate (``NAME.gate.json``) and no TTA is asked for, else the backend
     of the model's architecture (``fastscnn``, ``segblocks``...; ``unet`` for a U-Net); a backend with a model of
-    its own (:data:`DEFAULT_MODELS`) gets it when none is given; other names unchanged."""
+    its own (:data:`DEFAULT_MODELS`) gets it when none is given; the gated backend gets the gate file's own rule
+    when ``gate`` names none; other names unchanged."""
     if spec.name in DEFAULT_MODELS and spec.model is None:
         return replace(spec, model=DEFAULT_MODELS[spec.name])
+    path = resolve_model_path(spec.model) if spec.name in (AUTO, GATED_BACKEND[0]) else None
+    if spec.name == AUTO and gate_path(path).exists() and not spec.tta:  # TTA runs four decoder passes: no gate
+        spec = replace(spec, name=GATED_BACKEND[0])
+    if spec.name == GATED_BACKEND[0]:
+        if spec.gate is None and gate_path(path).exists():
+            spec = replace(spec, gate=Gate.from_json(gate_path(path)).rule)
+        return spec
     if spec.name != AUTO:
         return spec
-    path = resolve_model_path(spec.model)
-    if gate_path(path).exists() and not spec.tta:  # the gate saves decoder passes; TTA runs four of them
-        return replace(spec, name="bgs")
     return replace(spec, name=ModelCard.from_json(path.with_suffix(".json")).architecture)
 
 
@@ -98,7 +115,13 @@ def describe_backend(spec: BackendSpec) -> tuple[ModelCard, str]:
     if spec.name in DEFAULT_MODELS and card.architecture != spec.name:
         raise GeosegError(f"--backend {spec.name}: model {card.name} is a {card.architecture}, not a {spec.name}")
     if spec.name == GATED_BACKEND[0]:
-        load_gate(path, sha256)  # a missing or mismatched gate is refused here, before any worker starts
+        load_gate(path, sha256).with_rule(spec.gate)  # a missing or mismatched gate is refused here, before any worker starts
+        if spec.cascade:
+            check_pregate(path, sha256)
+    elif spec.gate is not None or spec.cascade:
+        flag = "--cascade" if spec.cascade else f"--gate {spec.gate}"
+        raise GeosegError(f"{flag} applies to the gated backend (bgs; --backend auto with a calibrated gate), "
+                          f"not {spec.name}")
     if spec.tta and spec.name not in DENSE_BACKENDS:
         raise GeosegError(f"--tta applies to the dense backends ({', '.join(DENSE_BACKENDS)}), not {spec.name}")
     if spec.tau is not None:
@@ -139,6 +162,20 @@ def check_score_threshold(score: float) -> float:
     return score
 
 
+def check_pregate(model_path, sha256: str) -> None:
+    """Refuse, on the driver and without torch, a missing pre-gate or one calibrated for other weights."""
+    import json
+
+    path = pregate_path(model_path)
+    if not path.exists():
+        raise GeosegError(f"--cascade: no pre-gate for {Path(model_path).name}: run `geoseg calibrate --pregate` "
+                          f"to make {path.name}")
+    with open(path, "rb") as f:  # safetensors: an 8-byte little-endian header length, then the JSON header
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    if header.get("__metadata__", {}).get("model_sha256") != sha256:
+        raise GeosegError(f"--cascade: {path.name} was calibrated for other weights: calibrate again")
+
+
 @functools.lru_cache(maxsize=4)
 def load_backend(spec: BackendSpec) -> Backend:
     """Build (once per process) the backend a spec names."""
@@ -146,6 +183,10 @@ def load_backend(spec: BackendSpec) -> Backend:
     extra = {k: v for k, v in (("tau", spec.tau), ("score_threshold", spec.score_threshold)) if v is not None}
     if spec.tta:
         extra["tta"] = True
+    if spec.gate is not None:
+        extra["rule"] = spec.gate
+    if spec.cascade:
+        extra["cascade"] = True
     if spec.name in ARCHITECTURES:
         extra["architecture"] = spec.name  # the backend of a row runs that architecture (its own model by default)
     return backend_class(spec.name)(model=spec.model, device=spec.device, precision=spec.precision, **extra)
