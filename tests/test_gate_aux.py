@@ -89,6 +89,7 @@ def test_training_with_gate_aux_logs_the_probe_and_resumes_it(tmp_path):
     assert saved["gate_probe"]["scale"].shape == (4,)
 
 
+@needs_shared_data()  # the tiny config reads Atlanta: without it the data error comes first
 def test_gate_aux_is_refused_for_models_without_a_decoder_gate(tmp_path):
     config = tiny_config(tmp_path, architecture="maskrcnn-light", gate_aux={"weight": 0.1})
     with pytest.raises(GeosegError, match="gate_aux: only encoder-decoder models"):
