@@ -34,8 +34,7 @@ from .datasets import IGNORE, LabelledScene
 from .errors import GeosegError
 from .gate import (Gate, calibrate_rules, fit_linear_head, gate_open, gate_path, pregate_path, rates,
                    recall_threshold)
-from .pregate import (PREGATE_RECALL, THUMB_FACTOR, PreGate, cell_targets, score_thumbnails, thumbnails,
-                      train_thumbnet)
+from .pregate import CELL_PX, PREGATE_RECALL, THUMB_FACTOR, PreGate, score_thumbnails, thumbnails, train_thumbnet
 from .model import GeoModel, SegBlocksModel, load_model
 from .tile import tile_grid
 from .config import TrainConfig, load_config, load_scenes
@@ -71,18 +70,42 @@ def scene_tiles(scene: LabelledScene, tile_px: int, overlap_px: int = 0):
             yield scene.pixels[:, t.row_off : t.row_end, t.col_off : t.col_end], labels
 
 
+def label_blocks(labels: np.ndarray, cells: tuple[int, int], step: tuple[int, int]) -> np.ndarray:
+    """A label tile cut into ``cells`` (rows, columns) blocks of ``step`` (h, w) px, row-major: (blocks, px per
+    block), padded with IGNORE at the bottom/right to cover them all."""
+    h, w = labels.shape
+    (ch, cw), (step_h, step_w) = cells, step
+    padded = np.full((ch * step_h, cw * step_w), IGNORE, np.uint8)
+    padded[:h, :w] = labels
+    return padded.reshape(ch, step_h, cw, step_w).transpose(0, 2, 1, 3).reshape(ch * cw, -1)
+
+
 def cell_fractions(labels: np.ndarray, cells: tuple[int, int], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Class fractions of the labelled pixels under each bottleneck cell: (cells_h*cells_w, n_classes), and
     which cells are at least half labelled. The label tile is padded with IGNORE to a whole number of cells."""
-    ch, cw = cells
     h, w = labels.shape
-    step_h, step_w = -(-h // ch), -(-w // cw)
-    padded = np.full((ch * step_h, cw * step_w), IGNORE, np.uint8)
-    padded[:h, :w] = labels
-    blocks = padded.reshape(ch, step_h, cw, step_w).transpose(0, 2, 1, 3).reshape(ch * cw, -1)
+    blocks = label_blocks(labels, cells, (-(-h // cells[0]), -(-w // cells[1])))
     counts = np.stack([(blocks == k).sum(1) for k in range(n_classes)], axis=1).astype(np.float32)
     known = counts.sum(1)
     return counts / np.maximum(known, 1)[:, None], known >= 0.5 * blocks.shape[1]
+
+
+#: a pre-gate cell is "building" in training when at least this share of its labelled pixels is building
+CELL_BUILDING_FRACTION = 0.02
+
+
+def building_cells(labels: np.ndarray, building: list[int]) -> np.ndarray:
+    """The pre-gate's training map of a label tile, one value per cell of :data:`geoseg.pregate.CELL_PX` px
+    (ceil(h / CELL_PX), ceil(w / CELL_PX)), uint8: 1 where the cell's labelled pixels are at least
+    :data:`CELL_BUILDING_FRACTION` building, 0 where less, IGNORE where under half of it is labelled."""
+    h, w = labels.shape
+    cells = (-(-h // CELL_PX), -(-w // CELL_PX))
+    blocks = label_blocks(labels, cells, (CELL_PX, CELL_PX))
+    known = (blocks != IGNORE).sum(1)
+    built = np.isin(blocks, building).sum(1)
+    out = (built >= CELL_BUILDING_FRACTION * np.maximum(known, 1)).astype(np.uint8)
+    out[known < blocks.shape[1] / 2] = IGNORE
+    return out.reshape(cells)
 
 
 def tile_batches(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: str, tile_px: int, progress=None,
@@ -236,8 +259,8 @@ def calibrate(model_path: str, data: list[str], out: str | None = None, split: s
               seed: int = 0, progress=None, rule: str = "paper") -> tuple[Gate, Path]:
     """Calibrate, write the gate JSON (beside the model unless ``out``) and its PNG; returns (gate, path).
     ``per_group``: the recall target holds in every group (:func:`tile_groups`) with at least
-    ``min_group_tiles`` building tiles, and the learned head is fitted too (its threshold from out-of-group
-    logits); ``rule``: which rule the file opens tiles by."""
+    ``min_group_tiles`` building tiles, and the learned head is fitted too (its threshold from out-of-fold
+    logits, :func:`geoseg.gate.fit_linear_head`); ``rule``: which rule the file opens tiles by."""
     net, sha256 = load_model(model_path)
     configs = [load_config(p) for p in data]
     rng = np.random.default_rng(seed)
@@ -276,7 +299,7 @@ class Thumbnails:
     """Pre-gate tiles in arrays: one row per tile (thumbnails of the prepared input, float16)."""
 
     thumbs: list[torch.Tensor]
-    cells: list[np.ndarray]  # geoseg.pregate.cell_targets of each tile
+    cells: list[np.ndarray]  # building_cells of each tile
     building_fraction: np.ndarray
     place: np.ndarray
     scene: np.ndarray
@@ -292,7 +315,7 @@ def collect_thumbnails(net: GeoModel, configs: list[tuple[TrainConfig, Path]], s
         for t, tile_labels in zip(thumbnails(x, factor).to(torch.float16), labels):
             known = tile_labels[tile_labels != IGNORE]
             thumbs.append(t)
-            cells.append(cell_targets(tile_labels, building, IGNORE))
+            cells.append(building_cells(tile_labels, building))
             fraction.append(float(np.isin(known, building).mean()))
             place.append(scene.place)
             scene_names.append(scene.name)
@@ -300,14 +323,19 @@ def collect_thumbnails(net: GeoModel, configs: list[tuple[TrainConfig, Path]], s
 
 
 def held_scenes(places: np.ndarray, scenes: np.ndarray, every: int = 4) -> np.ndarray:
-    """bool (N,): tiles of the scenes kept out of the pre-gate's training to choose its threshold: every
-    ``every``-th scene of each place with several (Dubai images, Kampala and Dhaka chips, NEON plots), at least
-    one; a place of one scene is all training."""
+    """bool (N,): tiles kept out of the pre-gate's training to choose its threshold: every ``every``-th scene of
+    each place with several (Dubai images, Kampala and Dhaka chips, NEON plots), at least one; a place of one scene
+    is all training. When that holds out nothing (every place one scene: a user's one labelled image), the last
+    ``1 / every`` of each scene's tiles instead (its bottom rows: tiles run row by row)."""
     held = np.zeros(len(scenes), bool)
     for p in np.unique(places):
         names = sorted(set(scenes[places == p]))
         if len(names) > 1:
             held |= np.isin(scenes, names[every - 1 :: every] or names[-1:]) & (places == p)
+    if not held.any():
+        for name in np.unique(scenes):
+            rows = np.flatnonzero(scenes == name)
+            held[rows[len(rows) - len(rows) // every :]] = True
     return held
 
 
@@ -327,6 +355,9 @@ def calibrate_pregate(model_path: str, data: list[str], split: str = "train", ti
                                target[train_rows], tiles.place[train_rows], steps=steps, seed=seed, ignore=IGNORE,
                                progress=progress)
     logits = score_thumbnails(thumb_net, tiles.thumbs)
+    if not (held & target).any():
+        raise GeosegError(f"pre-gate calibration: none of the {int(held.sum())} tiles kept out of training to choose "
+                          "the threshold holds buildings; give more labelled ground")
     threshold = recall_threshold(logits[held], target[held], tiles.place[held], recall, min_group_tiles)
     passed = logits >= threshold
     report = {"data": list(data), "split": split, "tile_px": tile_px, "overlap_px": overlap_px,

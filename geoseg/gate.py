@@ -107,7 +107,10 @@ class Gate:
         return replace(self, rule=rule)
 
     def ops_per_tile(self, bottleneck_cells: int) -> int:
-        """Additions for the channel means plus one comparison per rule."""
+        """Additions for the channel means plus one comparison per rule (the learned head: a multiply-add per
+        channel and one comparison)."""
+        if self.rule == "linear":
+            return len(self.channels) * (bottleneck_cells + 1) + 1
         return len(self.channels) * bottleneck_cells + len(self.stage1) + len(self.stage2)
 
     def open(self, means: np.ndarray) -> np.ndarray:

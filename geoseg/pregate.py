@@ -75,25 +75,6 @@ class ThumbNet(nn.Module):
 
 #: tile pixels per cell of the pre-gate's map a side (the thumbnail factor times the net's stride of 4)
 CELL_PX = THUMB_FACTOR * 4
-#: a cell is "building" in training when at least this share of its labelled pixels is building
-CELL_BUILDING_FRACTION = 0.02
-
-
-def cell_targets(labels: np.ndarray, building: list[int], ignore: int) -> np.ndarray:
-    """(ceil(h / CELL_PX), ceil(w / CELL_PX)) uint8 of a label tile: 1 where a cell's labelled pixels are at least
-    :data:`CELL_BUILDING_FRACTION` building, 0 where less, ``ignore`` where under half of it is labelled."""
-    h, w = labels.shape
-    ch, cw = -(-h // CELL_PX), -(-w // CELL_PX)
-    padded = np.full((ch * CELL_PX, cw * CELL_PX), ignore, labels.dtype)
-    padded[:h, :w] = labels
-    blocks = padded.reshape(ch, CELL_PX, cw, CELL_PX)
-    known = (blocks != ignore).sum((1, 3))
-    built = np.isin(blocks, building).sum((1, 3))
-    out = (built >= CELL_BUILDING_FRACTION * np.maximum(known, 1)).astype(np.uint8)
-    out[known < CELL_PX * CELL_PX / 2] = ignore
-    return out
-
-
 @dataclass
 class PreGate:
     """A calibrated thumbnail pre-gate for one model (see the module docstring)."""
@@ -167,7 +148,8 @@ def _augment(x: torch.Tensor, cells: torch.Tensor, gen: torch.Generator) -> tupl
 
 def train_thumbnet(thumbs: list[torch.Tensor], cells: list[np.ndarray], target: np.ndarray, groups: np.ndarray,
                    steps: int = 2000, batch: int = 32, seed: int = 0, ignore: int = 255, progress=None) -> ThumbNet:
-    """Fit a :class:`ThumbNet` to where the buildings are: ``cells`` are each tile's :func:`cell_targets`. Each
+    """Fit a :class:`ThumbNet` to where the buildings are: ``cells`` are each tile's training map (one value per
+    :data:`CELL_PX` cell: 1 building, 0 not, ``ignore`` unknown; :func:`geoseg.calibrate.building_cells`). Each
     step draws one group (place) uniformly, one of its tile sizes by how many tiles have it, then ``batch`` of
     those tiles, half with buildings
     (``target``) where the group has both; per-cell binary cross-entropy (building cells weighted 2x), unlabelled
@@ -210,6 +192,14 @@ def train_thumbnet(thumbs: list[torch.Tensor], cells: list[np.ndarray], target: 
 
 
 @torch.inference_mode()
-def score_thumbnails(net: ThumbNet, thumbs: list[torch.Tensor]) -> np.ndarray:
-    """Each thumbnail's tile logit (one at a time: sizes differ between scenes)."""
-    return np.array([float(net.tile_logits(t[None].float())[0]) for t in thumbs])
+def score_thumbnails(net: ThumbNet, thumbs: list[torch.Tensor], batch: int = 64) -> np.ndarray:
+    """Each thumbnail's tile logit, thumbnails of one size scored together in batches."""
+    out = np.zeros(len(thumbs))
+    by_size: dict[tuple, list[int]] = {}
+    for i, t in enumerate(thumbs):
+        by_size.setdefault(tuple(t.shape), []).append(i)
+    for rows in by_size.values():
+        for start in range(0, len(rows), batch):
+            pick = rows[start : start + batch]
+            out[pick] = net.tile_logits(torch.stack([thumbs[i] for i in pick]).float()).numpy()
+    return out

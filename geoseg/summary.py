@@ -120,7 +120,8 @@ def scene_summary(done: SceneDone, model: RunModel, opts: RunOptions) -> RunSumm
                     "instances_kept": vectors.instances_kept,
                     "instance_score_threshold": card.instance_score_threshold}
     if model.backend_name == "bgs":
-        details["gate_rule"] = getattr(model.spec, "gate", None)
+        gate = getattr(model.spec, "gate", None)  # a spec's rule name, or a ready backend's Gate
+        details["gate_rule"] = getattr(gate, "rule", gate)
     if "tiles_past_pregate" in counters:  # the cascade: the pre-gate's pass rate is the encoder's execution rate
         details |= {"cascade": True, "tiles_past_pregate": counters["tiles_past_pregate"],
                     "encoder_execution_rate": round(counters["tiles_past_pregate"] / encoded, 4) if encoded else 0.0}

@@ -54,3 +54,16 @@ def fast_options():
 
 def needs_shared_data():
     return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent")
+
+
+def atlanta_calibration_config(tmp_path) -> Path:
+    """A one-source calibration config (Atlanta's labelled image, 20 % of rows held out) written into tmp_path."""
+    import yaml
+
+    config = {"name": "cal", "classes": ["background", "building"], "building_class": 1, "gsd_m": 0.3,
+              "data_root": str(SHARED_DATA), "sources": [
+                  {"kind": "geotiff", "image": "buildings/atlanta/pan.tif",
+                   "labels": "buildings/atlanta/buildings.geojson", "val_fraction": 0.2}]}
+    path = tmp_path / "cal.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -18,9 +18,10 @@ from geoseg.errors import GeosegError
 from geoseg.gate import ChannelRule, Gate, LinearHead, fit_linear_head, gate_path, pregate_path, recall_threshold
 from geoseg.model import SegmentationModel, save_model
 from geoseg.pipeline import run_scene
-from geoseg.pregate import PreGate, ThumbNet, cell_targets, load_pregate, thumbnails, train_thumbnet
+from geoseg.calibrate import building_cells, held_scenes
+from geoseg.pregate import PreGate, ThumbNet, load_pregate, score_thumbnails, thumbnails, train_thumbnet
 
-from conftest import write_scene
+from conftest import atlanta_calibration_config, needs_shared_data, write_scene
 
 
 def small_model(tmp_path):
@@ -98,7 +99,7 @@ def test_thumbnails_average_blocks_and_the_net_maps_cells_of_any_tile_size():
     labels[16:32, 0:1] = 1  # 16 of 256 (6 %): building
     labels[32:, :] = 255  # the last row of cells: 8 px tall, unlabelled -> unknown
     # the last column of cells is 8 px wide: half of each cell is labelled, which still counts
-    cells = cell_targets(labels, [1], 255)
+    cells = building_cells(labels, [1])
     assert cells.tolist() == [[0, 1, 0], [1, 0, 0], [255, 255, 255]]
 
 
@@ -114,7 +115,7 @@ def test_thumbnet_learns_where_small_roofs_are_from_their_outlines():
                 tile[:, r : r + 12, c : c + 12] += 2.0
                 labels[r : r + 12, c : c + 12] = 1
         thumbs.append(thumbnails(torch.from_numpy(tile)[None])[0])
-        cells.append(cell_targets(labels, [1], 255))
+        cells.append(building_cells(labels, [1]))
         target.append(i % 2 == 0)
     target = np.array(target)
     groups = np.array(["a", "b"] * 60)
@@ -184,6 +185,7 @@ def test_cascade_in_the_pipeline(tmp_path, fast_options, passes):
                         backend=BGSBackend(str(path), precision="fp32", cascade=True))
     assert cascade.tiles_encoded == plain.tiles_encoded > 1
     past = cascade.as_dict()["tiles_past_pregate"]
+    assert cascade.as_dict()["gate_rule"] == plain.as_dict()["gate_rule"] == "paper"  # the rule's name, not the gate
     assert cascade.as_dict()["encoder_execution_rate"] == round(past / cascade.tiles_encoded, 4)
     with rasterio.open(tmp_path / "plain" / "scene" / "probability.tif") as a, \
             rasterio.open(tmp_path / "cascade" / "scene" / "probability.tif") as b:
@@ -212,3 +214,34 @@ def test_cascade_flag_errors_on_the_command_line(tmp_path):
                              "--model", str(path), "--gate", "mlp", "--workers", "0", "--quiet"],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "--gate" in result.stderr
+
+
+def test_threshold_tiles_are_whole_scenes_or_the_bottom_of_a_lone_scene():
+    places = np.array(["a"] * 8 + ["b"] * 3)
+    scenes = np.array(["a1", "a1", "a2", "a3", "a4", "a4", "a5", "a6", "b1", "b1", "b1"])
+    held = held_scenes(places, scenes)
+    assert held.tolist() == [False] * 4 + [True, True] + [False] * 5  # a's fourth scene; b has one scene: training
+    lone = held_scenes(np.array(["c"] * 8), np.array(["c1"] * 8))
+    assert lone.tolist() == [False] * 6 + [True] * 2  # nothing else to hold out: the last quarter of its tiles
+
+
+def test_thumbnails_of_several_sizes_score_in_batches_as_one_by_one():
+    torch.manual_seed(0)
+    net = ThumbNet(3).eval()
+    thumbs = [torch.randn(3, 32, 32) for _ in range(5)] + [torch.randn(3, 20, 12) for _ in range(3)]
+    with torch.inference_mode():
+        one_by_one = np.array([float(net.tile_logits(t[None])[0]) for t in thumbs])
+    np.testing.assert_allclose(score_thumbnails(net, thumbs, batch=2), one_by_one, rtol=1e-4, atol=1e-4)
+
+
+@needs_shared_data()
+def test_calibrate_pregate_on_one_labelled_image_writes_a_bound_pregate(tmp_path):
+    from geoseg.calibrate import calibrate_pregate
+    from geoseg.card import file_sha256, resolve_model_path
+
+    path = atlanta_calibration_config(tmp_path)
+    pre, out = calibrate_pregate(None, [str(path)], steps=10, out=str(tmp_path / "p.pregate.safetensors"))
+    c = pre.calibration
+    assert pre.model_sha256 == file_sha256(resolve_model_path(None)) and out.exists()
+    assert c["threshold_tiles"] > 0 and c["held_out"]["recall"] >= 0.99  # one scene: its bottom rows chose it
+    assert PreGate.load(out).threshold == pre.threshold

@@ -16,7 +16,7 @@ from geoseg.gate import ChannelRule, Gate, calibrate_rules, gate_path, load_gate
 from geoseg.model import SegmentationModel, save_model
 from geoseg.pipeline import run_scene
 
-from conftest import SHARED_DATA, needs_shared_data, write_scene
+from conftest import atlanta_calibration_config, needs_shared_data, write_scene
 
 
 def test_youden_threshold_separates_and_knows_direction():
@@ -150,17 +150,10 @@ def test_pipeline_with_a_gate_that_opens_all_equals_dense_and_one_that_opens_non
 
 @needs_shared_data()
 def test_calibrate_on_real_tiles_writes_a_bound_gate_and_its_plot(tmp_path):
-    import yaml
-
     from geoseg.calibrate import calibrate
     from geoseg.card import file_sha256, resolve_model_path
 
-    config = {"name": "cal", "classes": ["background", "building"], "building_class": 1, "gsd_m": 0.3,
-              "data_root": str(SHARED_DATA), "sources": [
-                  {"kind": "geotiff", "image": "buildings/atlanta/pan.tif",
-                   "labels": "buildings/atlanta/buildings.geojson", "val_fraction": 0.2}]}
-    path = tmp_path / "cal.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = atlanta_calibration_config(tmp_path)
     gate, out = calibrate(None, [str(path)], out=str(tmp_path / "g.gate.json"), tile_px=256, k1=3, k2=1)
     assert gate.model_sha256 == file_sha256(resolve_model_path(None))
     c = gate.calibration

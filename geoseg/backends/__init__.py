@@ -164,15 +164,15 @@ def check_score_threshold(score: float) -> float:
 
 def check_pregate(model_path, sha256: str) -> None:
     """Refuse, on the driver and without torch, a missing pre-gate or one calibrated for other weights."""
-    import json
+    from safetensors import safe_open
 
     path = pregate_path(model_path)
     if not path.exists():
         raise GeosegError(f"--cascade: no pre-gate for {Path(model_path).name}: run `geoseg calibrate --pregate` "
                           f"to make {path.name}")
-    with open(path, "rb") as f:  # safetensors: an 8-byte little-endian header length, then the JSON header
-        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    if header.get("__metadata__", {}).get("model_sha256") != sha256:
+    with safe_open(str(path), "np") as f:  # the metadata only: no tensor is read, no torch imported
+        calibrated_for = (f.metadata() or {}).get("model_sha256")
+    if calibrated_for != sha256:
         raise GeosegError(f"--cascade: {path.name} was calibrated for other weights: calibrate again")
 
 
