@@ -2,7 +2,7 @@
 ``geoseg evaluate``, pooled per place) with the plain model and with the model adapted to them, no label used.
 
     python benchmarks/bench_adapt.py --out runs/bench-adapt [--places nacala,dhaka,khartoum,shanghai,paris]
-        [--budget 90] [--blend 0.5] [--steps 100] [--threads 2] [--base-unseen runs/buildings-unet-r18-v2.safetensors]
+        [--budget 90] [--blend 0.5] [--steps 100] [--no-flips] [--seed 0] [--threads 2] [--base-unseen runs/buildings-unet-r18-v2.safetensors]
 
 * ``nacala``: the demo scene, with the shipped default (no shipped model saw Nacala), gated as a user runs it.
 * the others, with ``--base-unseen`` (the 3-class model of commit b18c956, trained on Banepa, Kampala and Atlanta
@@ -61,12 +61,17 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=90.0)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--blend", type=float, default=0.5)
+    parser.add_argument("--no-flips", action="store_true",
+                        help="pseudo-labels from plain probabilities, not flip-averaged ones (the default up to 8 tiles)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--base-unseen", default="runs/buildings-unet-r18-v2.safetensors")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    settings = AdaptSettings(budget_s=args.budget, steps=args.steps, bn_blend=args.blend)
+    settings = AdaptSettings(budget_s=args.budget, steps=args.steps, bn_blend=args.blend,
+                             max_flip_tiles=0 if args.no_flips else AdaptSettings.max_flip_tiles,
+                             seed=args.seed)
     report = {"settings": dataclasses.asdict(settings), "threads": args.threads, "places": {}}
     for place in args.places.split(","):
         pairs = regions(place, out / place)

@@ -1,7 +1,7 @@
 """``geoseg finetune`` on ground the base model never saw: the labels of one part of a place, scored end to end
 (``geoseg run`` + ``geoseg evaluate``, pooled) on another part that fine-tuning never touched.
 
-    python benchmarks/bench_finetune.py --out runs/bench-finetune [--places nacala,dhaka,khartoum] [--minutes 8]
+    python benchmarks/bench_finetune.py --out runs/bench-finetune [--places nacala,dhaka,khartoum] [--minutes 8] [--steps N]
         [--threads 2] [--base-unseen runs/buildings-unet-r18-v2.safetensors]
 
 * ``nacala``: the demo scene (no shipped model saw Nacala) cut into a west and an east half; fine-tuned from the
@@ -96,11 +96,12 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--places", default="nacala,dhaka,khartoum")
     parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--steps", type=int, default=100_000, help="at most this many steps (and --minutes)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--base-unseen", default="runs/buildings-unet-r18-v2.safetensors")
     args = parser.parse_args()
     out = Path(args.out)
-    report = {"minutes": args.minutes, "threads": args.threads, "places": {}}
+    report = {"minutes": args.minutes, "steps": args.steps, "threads": args.threads, "places": {}}
     for place in args.places.split(","):
         maker = {"nacala": lambda o: nacala(o), "dhaka": lambda o: dhaka(o, args.base_unseen),
                  "khartoum": lambda o: khartoum(o, args.base_unseen)}[place]
@@ -109,7 +110,8 @@ def main() -> None:
         before = score(base_model, scored, labels, out / place / "base")
         started = time.perf_counter()
         model, fit = finetune([str(p) for p in labelled], str(labels), str(out / place / f"{place}-finetuned.safetensors"),
-                              base=base, minutes=args.minutes, threads=args.threads, progress=True)
+                              base=base, minutes=args.minutes, steps=args.steps, threads=args.threads,
+                              progress=True)
         minutes = (time.perf_counter() - started) / 60
         after = score(str(model), scored, labels, out / place / "finetuned")
         report["places"][place] = {"base": base_model, "labelled": [str(p) for p in labelled],

@@ -205,6 +205,25 @@ def test_pseudo_labels_keep_confident_imaged_pixels_only():
     assert with_buildings == 2 and len(kept) == 3  # both with buildings, one of the six without
 
 
+def test_flip_averaged_pseudo_labels_are_the_same_for_a_tile_and_its_flips():
+    from geoseg.adapt import flip_averaged_probabilities, pseudo_labels
+    from geoseg.finetune import class_probabilities
+    from geoseg.model import load_model
+
+    net = load_model(None)[0]
+    data, _ = _houses(96)
+    pixels = data.astype(np.float32) / 255
+    plain = class_probabilities(net, pixels, False)
+    averaged = flip_averaged_probabilities(net, pixels, False)
+    assert not np.allclose(plain, averaged, atol=1e-3)  # the flips do change the probabilities
+    for axes in ((2,), (1,), (1, 2)):
+        flipped = flip_averaged_probabilities(net, np.ascontiguousarray(np.flip(pixels, axes)), False)
+        assert np.allclose(np.flip(flipped, axes), averaged, atol=1e-5)
+    valid = np.ones(pixels.shape[1:], bool)
+    [labels] = pseudo_labels(net, [(pixels, valid)], 0.0, flips=True)
+    assert np.array_equal(labels, averaged.argmax(0))
+
+
 def test_run_with_adapt_writes_the_adapted_model_and_says_so(tmp_path, own_ground):
     from geoseg.adapt import AdaptSettings, adapt
     from geoseg.card import file_sha256
@@ -215,6 +234,9 @@ def test_run_with_adapt_writes_the_adapted_model_and_says_so(tmp_path, own_groun
     opts = RunOptions(workers=0, progress=False)
     reports = [adapt([str(scene)], tmp_path / f"o{i}", opts, AdaptSettings(steps=2, max_tiles=2)) for i in range(2)]
     assert reports[0].steps == 2 and reports[0].tiles == 1 and reports[0].base_model == "buildings-unet-r18"
+    assert reports[0].flip_averaged  # one tile: pseudo-labels from flip-averaged probabilities
+    plain = adapt([str(scene)], tmp_path / "plain", opts, AdaptSettings(steps=2, max_tiles=2, max_flip_tiles=0))
+    assert not plain.flip_averaged and file_sha256(plain.model) != file_sha256(reports[0].model)
     assert file_sha256(reports[0].model) == file_sha256(reports[1].model)  # the same seed, the same weights
     gate = json.loads(gate_path(reports[0].model).read_text())
     assert gate["model_sha256"] == file_sha256(reports[0].model) and "kept_from" in gate["calibration"]
