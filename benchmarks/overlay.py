@@ -3,9 +3,10 @@
     python benchmarks/overlay.py IMAGE.tif --reference REF.geojson --panel "base=RUN_A/SCENE/buildings.gpkg"
         --panel "fine-tuned=RUN_B/SCENE/buildings.gpkg" -o overlay.png [--title TEXT] [--dpi 110]
 
-The reference is a vector file or a 0/1 mask GeoTIFF (traced). One panel per ``--panel LABEL=POLYGONS``, side by side, each the image (2-98 % stretch per band) with the reference
-outlines in yellow and that panel's polygons in cyan, in the image's pixel grid (both files reprojected to the
-image's CRS). The panel's title counts the polygons drawn.
+The reference is a vector file or a 0/1 mask GeoTIFF (traced). One panel per ``--panel LABEL=POLYGONS``, side by
+side, each the image (2-98 % stretch per band) with the reference outlines in yellow and that panel's polygons in
+cyan, in the image's pixel grid (both files reprojected to the image's CRS). The panel's title counts the rings
+drawn (outer rings and holes).
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@
    probabilities averaged over each tile and its flips (three more forward passes a tile: 1.8 s for a 512 px tile
    on 2 cores, so on 24 tiles they would take half the default budget from the fine-tune); tiles with
    pseudo-buildings are all kept and tiles without at most half as many again, so a scene that is nearly all desert
-   does not teach the model to say background everywhere. The model is then fine-tuned on them as ``geoseg finetune`` does
-   (:func:`geoseg.finetune.fit`: the training recipe's crops and loss, batch norm as set in 2), for ``steps``
-   steps or ``budget_s`` seconds in all, whichever ends first. A scene without any confident building pixel gets
-   step 2 only.
+   does not teach the model to say background everywhere. The model is then fine-tuned on them as ``geoseg
+   finetune`` does (:func:`geoseg.finetune.fit`: the training recipe's crops and loss, batch norm as set in 2), for
+   ``steps`` steps or ``budget_s`` seconds in all, whichever ends first. A scene without any confident building
+   pixel gets step 2 only.
 
 The adapted weights and card (``training.adapt``: base model and sha256, scenes, tiles, pseudo-labelled share,
 steps, seconds, seed) are written to ``OUT/adapted/NAME-adapted.safetensors``; the run then uses them. With the
@@ -152,7 +152,8 @@ def pseudo_labels(net: GeoModel, tiles: list[tuple[np.ndarray, np.ndarray]], con
                              card.separator_class) for pixels, valid in tiles]
 
 
-#: the flips averaged over (axes of a (bands, h, w) tile): as it is, left-right, up-down, both
+#: the flips averaged over (axes of a (bands, h, w) tile): as it is, left-right, up-down, both -- the same
+#: views as ``--tta`` (:data:`geoseg.backends.unet.TTA_TURNS`), here on one in-memory tile
 FLIPS = ((), (2,), (1,), (1, 2))
 
 

@@ -220,8 +220,8 @@ def test_flip_averaged_pseudo_labels_are_the_same_for_a_tile_and_its_flips():
         flipped = flip_averaged_probabilities(net, np.ascontiguousarray(np.flip(pixels, axes)), False)
         assert np.allclose(np.flip(flipped, axes), averaged, atol=1e-5)
     valid = np.ones(pixels.shape[1:], bool)
-    [labels] = pseudo_labels(net, [(pixels, valid)], 0.0, flips=True)
-    assert np.array_equal(labels, averaged.argmax(0))
+    [labels] = pseudo_labels(net, [(pixels, valid)], 0.0, flips=True)  # bf16 where the CPU has it: near-ties may flip
+    assert (labels == averaged.argmax(0)).mean() > 0.99
 
 
 def test_run_with_adapt_writes_the_adapted_model_and_says_so(tmp_path, own_ground):
