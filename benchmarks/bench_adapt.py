@@ -2,12 +2,13 @@
 ``geoseg evaluate``, pooled per place) with the plain model and with the model adapted to them, no label used.
 
     python benchmarks/bench_adapt.py --out runs/bench-adapt [--places nacala,dhaka,khartoum,shanghai,paris]
-        [--budget 90] [--blend 0.5] [--steps 100] [--no-flips] [--seed 0] [--threads 2] [--base-unseen runs/buildings-unet-r18-v2.safetensors]
+        [--budget 90] [--blend 0.5] [--steps 100] [--no-flips | --max-flip-tiles 8] [--seed 0] [--threads 2] [--base-unseen runs/buildings-unet-r18-v2.safetensors]
 
 * ``nacala``: the demo scene, with the shipped default (no shipped model saw Nacala), gated as a user runs it.
 * the others, with ``--base-unseen`` (the 3-class model of commit b18c956, trained on Banepa, Kampala and Atlanta
   only), dense: Dhaka's 8 chips against its OSM outlines (one adaptation for the 8, as one run or job does), and
-  the SpaceNet 2 tiles as training reads them, on a stand-in grid, against their masks.
+  the SpaceNet 2 tiles as training reads them, on a stand-in grid, against their masks; ``dubai`` (not in the
+  default list): the images of Dubai's tile_3 as training reads them, against their Building class.
 
 Prints per place: plain and adapted pixel IoU, SpaceNet F1 and outline scores, and what adapting cost (seconds,
 steps, tiles); writes OUT/report.json.
@@ -39,8 +40,11 @@ def regions(place: str, out: Path) -> list[tuple[Path, Path]]:
     if place == "dhaka":
         chips = sorted((DATA / "buildings" / "dhaka" / "chips").glob("*.tif"))
         return [(c, DATA / "buildings" / "dhaka" / "buildings.geojson") for c in chips]
-    from geoseg.datasets import image_mask_source
+    from geoseg.datasets import dubai_source, image_mask_source
 
+    if place == "dubai":  # tile_3's images (the held-out tile of the shipped models) at the assumed 0.5 m
+        scenes = dubai_source(str(DATA / "landcover" / "dubai"), 0.3, 0.5, [], buildings_only=True, tiles=["tile_3"])
+        return [write_labelled_region(s, out / "region", 0.3) for s in scenes]
     stem = DATA / "buildings" / place / SPACENET[place]
     [scene] = image_mask_source(f"{stem}.png", f"{stem}_mask01.png", 0.3, 0.3)
     return [write_labelled_region(scene, out / "region", 0.3)]
@@ -63,6 +67,8 @@ def main() -> None:
     parser.add_argument("--blend", type=float, default=0.5)
     parser.add_argument("--no-flips", action="store_true",
                         help="pseudo-labels from plain probabilities, not flip-averaged ones (the default up to 8 tiles)")
+    parser.add_argument("--max-flip-tiles", type=int, default=AdaptSettings.max_flip_tiles,
+                        help="flip-averaged pseudo-labels up to this many adapting tiles")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--base-unseen", default="runs/buildings-unet-r18-v2.safetensors")
@@ -70,7 +76,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     settings = AdaptSettings(budget_s=args.budget, steps=args.steps, bn_blend=args.blend,
-                             max_flip_tiles=0 if args.no_flips else AdaptSettings.max_flip_tiles,
+                             max_flip_tiles=0 if args.no_flips else args.max_flip_tiles,
                              seed=args.seed)
     report = {"settings": dataclasses.asdict(settings), "threads": args.threads, "places": {}}
     for place in args.places.split(","):
