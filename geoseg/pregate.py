@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .atomic import atomic_path
@@ -75,6 +75,8 @@ class ThumbNet(nn.Module):
 
 #: tile pixels per cell of the pre-gate's map a side (the thumbnail factor times the net's stride of 4)
 CELL_PX = THUMB_FACTOR * 4
+
+
 @dataclass
 class PreGate:
     """A calibrated thumbnail pre-gate for one model (see the module docstring)."""
@@ -105,10 +107,11 @@ class PreGate:
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "PreGate":
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "pt") as f:  # metadata and weights from one opening
             meta = f.metadata()
+            weights = {k: f.get_tensor(k) for k in f.keys()}
         net = ThumbNet(int(meta["bands"]), int(meta["width"]))
-        net.load_state_dict(load_file(str(path)))
+        net.load_state_dict(weights)
         return cls(net.eval().to(device), float(meta["threshold"]), int(meta["factor"]), meta["model_sha256"],
                    json.loads(meta["calibration"]))
 

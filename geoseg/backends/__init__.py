@@ -59,8 +59,8 @@ class BackendSpec:
     fraction of blocks at full resolution (None: the card's); for instance backends ``score_threshold``, the
     lowest detection score kept, 0-1 (None: the card's ``instance_score_threshold``); ``tta``: the dense backends
     average each tile's probabilities over left-right and up-down flips (4 passes); for the gated backend ``gate``,
-the gate file's rule to use ("paper" or "linear"; None: the file's own) and ``cascade``, the thumbnail pre-gate
-in front of the encoder."""
+    the gate file's rule to use ("paper" or "linear"; None: the file's own) and ``cascade``, the thumbnail pre-gate
+    in front of the encoder."""
 
     name: str = AUTO
     model: str | None = None
