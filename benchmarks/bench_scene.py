@@ -4,10 +4,12 @@
 
 ``--threads 1`` measures the model as one worker runs it (one torch thread each); ``--sizes ""`` skips the scenes.
 
-1. float32 matmul peak of this machine (all torch threads), GFLOP/s;
+1. float32 and bfloat16 matmul peaks of this machine (2048 x 2048 ``torch.mm``, all torch threads), GFLOP/s;
+   bf16 is emulated (slow) on CPUs without AVX512-BF16/AMX, where its figures say little;
 2. the default model's forward pass on a batch of 512 px tiles: GFLOP per tile (counted with torch's
    FlopCounterMode, 2 FLOP per multiply-add), encoder/decoder split, achieved GFLOP/s in the default memory
-   format, in channels_last, and in channels_last under bf16 autocast, as a share of the fp32 matmul peak;
+   format and in channels_last (each a share of the fp32 peak), and in channels_last under bf16 autocast (a share
+   of the bf16 peak);
 3. end to end on generated scenes of each size (LocalCluster, one torch thread per worker): Mpx/s, peak RSS
    of driver and workers (it must not grow with scene size), and the share of time outside the model
    (read + stitch + vectorise + write).
@@ -29,8 +31,8 @@ from geoseg.demo import generate_scene
 from geoseg.model import load_model
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     t = time.perf_counter()
     for _ in range(repeats):
@@ -87,12 +89,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     peak = matmul_peak_gflops()
+    peak_bf16 = matmul_peak_gflops(dtype=torch.bfloat16)
     model = model_figures()
-    print(f"matmul peak ({threads} threads): {peak:.1f} GFLOP/s")
+    print(f"matmul peak ({threads} threads): fp32 {peak:.1f} GFLOP/s, bf16 {peak_bf16:.1f} GFLOP/s")
     print(f"U-Net forward: {model['gflop_per_tile']:.1f} GFLOP per 512 px tile, decoder {model['decoder_share_of_flop']:.0%} of it")
-    for label in ("default", "channels_last", "channels_last_bf16"):
-        print(f"  {label:>13}: {model[f'gflops_{label}']:.1f} GFLOP/s = {model[f'gflops_{label}'] / peak:.0%} of peak, "
-              f"{model[f'tiles_per_s_{label}']:.2f} tiles/s")
+    for label, against in (("default", peak), ("channels_last", peak), ("channels_last_bf16", peak_bf16)):
+        print(f"  {label:>18}: {model[f'gflops_{label}']:.1f} GFLOP/s = {model[f'gflops_{label}'] / against:.0%} of the "
+              f"{'bf16' if against is peak_bf16 else 'fp32'} peak, {model[f'tiles_per_s_{label}']:.2f} tiles/s")
     scenes = []
     for size in [int(s) for s in args.sizes.split(",") if s]:
         scene = generate_scene(out / "scenes" / f"bench_{size}.tif", size_px=size, seed=size)
@@ -115,7 +118,7 @@ def main() -> None:
         print(f"peak RSS ratio {b['size_px']} vs {a['size_px']} px scene ({b['megapixels'] / a['megapixels']:.1f}x the pixels): "
               f"driver {b['peak_rss_mb_driver'] / a['peak_rss_mb_driver']:.2f}x, workers {b['peak_rss_mb_workers'] / a['peak_rss_mb_workers']:.2f}x")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({"matmul_peak_gflops": peak, "threads": threads, "model": model,
+    (out / "bench.json").write_text(json.dumps({"matmul_peak_gflops": peak, "matmul_peak_gflops_bf16": peak_bf16, "threads": threads, "model": model,
                                                 "scenes": scenes}, indent=2))
     print(f"figures written to {out / 'bench.json'}")
 
