@@ -31,13 +31,16 @@ from geoseg.demo import generate_scene
 from geoseg.model import load_model
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, rounds: int = 3, dtype: torch.dtype = torch.float32) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, b)
-    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+    best_s = float("inf")
+    for _ in range(rounds):  # best of rounds: AMX's first calls after idle ran at 2/3 of its rate here
+        t = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        best_s = min(best_s, time.perf_counter() - t)
+    return 2 * n**3 * repeats / best_s / 1e9
 
 
 def model_figures(batch: int = 4, tile_px: int = 512, repeats: int = 3) -> dict:
