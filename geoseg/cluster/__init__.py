@@ -4,6 +4,7 @@ None for in-process), built alike by the command line (:func:`spec_from_flags`) 
 ``cluster:`` field is a :data:`ClusterSpec`):
 
 * :mod:`.local` — worker processes on this machine (``--workers N``; ``workers: 0``: in-process, no cluster);
+  :mod:`.quick_exit` lets them leave without finalising torch when that cluster closes;
 * :mod:`.address` — an existing scheduler (``--scheduler tcp://host:8786``);
 * :mod:`.queue` — batch jobs through dask-jobqueue (SLURM, PBS), job files only;
 * :mod:`.runners` — how the driver submits tasks to whichever of these it got (or runs them in-process).

@@ -33,6 +33,8 @@ class LocalSpec(Strict):
             return
         from distributed import Client, LocalCluster
 
+        from .quick_exit import ExitAtClose
+
         n = self.workers or os.cpu_count() or 1
         # dashboard ":0": any free port for the scheduler's HTTP server (None still binds 8787, and warns on stderr
         # when another cluster holds it)
@@ -40,6 +42,7 @@ class LocalSpec(Strict):
                 LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             client.run(_limit_torch_threads)
+            client.register_plugin(ExitAtClose())
             yield client
 
 
