@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from geoseg.demo import generate_scene
-from geoseg.model import load_model
+from geoseg.model import fold_batchnorm, load_model
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10, rounds: int = 3, dtype: torch.dtype = torch.float32) -> float:
@@ -45,6 +45,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10, rounds: int = 3, dtype:
 
 def model_figures(batch: int = 4, tile_px: int = 512, repeats: int = 3) -> dict:
     net, _ = load_model()
+    net = fold_batchnorm(net.eval())  # as the workers run it (geoseg.backends.unet)
     x = torch.randn(batch, 3, tile_px, tile_px)
     with torch.inference_mode():
         with FlopCounterMode(display=False) as count_all:
