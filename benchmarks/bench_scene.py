@@ -45,7 +45,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10, rounds: int = 3, dtype:
 
 def model_figures(batch: int = 4, tile_px: int = 512, repeats: int = 3) -> dict:
     net, _ = load_model()
-    net = fold_batchnorm(net.eval())  # as the workers run it (geoseg.backends.unet)
+    net = fold_batchnorm(net)  # as the workers run it (geoseg.backends.unet); load_model gives it in eval mode
     x = torch.randn(batch, 3, tile_px, tile_px)
     with torch.inference_mode():
         with FlopCounterMode(display=False) as count_all:
@@ -97,9 +97,10 @@ def main() -> None:
     model = model_figures()
     print(f"matmul peak ({threads} threads): fp32 {peak:.1f} GFLOP/s, bf16 {peak_bf16:.1f} GFLOP/s")
     print(f"U-Net forward: {model['gflop_per_tile']:.1f} GFLOP per 512 px tile, decoder {model['decoder_share_of_flop']:.0%} of it")
-    for label, against in (("default", peak), ("channels_last", peak), ("channels_last_bf16", peak_bf16)):
+    for label, precision, against in (("default", "fp32", peak), ("channels_last", "fp32", peak),
+                                      ("channels_last_bf16", "bf16", peak_bf16)):
         print(f"  {label:>18}: {model[f'gflops_{label}']:.1f} GFLOP/s = {model[f'gflops_{label}'] / against:.0%} of the "
-              f"{'bf16' if against is peak_bf16 else 'fp32'} peak, {model[f'tiles_per_s_{label}']:.2f} tiles/s")
+              f"{precision} peak, {model[f'tiles_per_s_{label}']:.2f} tiles/s")
     scenes = []
     for size in [int(s) for s in args.sizes.split(",") if s]:
         scene = generate_scene(out / "scenes" / f"bench_{size}.tif", size_px=size, seed=size)
