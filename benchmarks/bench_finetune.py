@@ -2,7 +2,7 @@
 (``geoseg run`` + ``geoseg evaluate``, pooled) on another part that fine-tuning never touched.
 
     python benchmarks/bench_finetune.py --out runs/bench-finetune [--places nacala,dhaka,khartoum] [--minutes 8] [--steps N]
-        [--threads 2] [--base-unseen runs/buildings-unet-r18-v2.safetensors]
+        [--threads 2] [--base-unseen runs/buildings-unet-r18-v2.safetensors] [--recipe KEY=VALUE ...]
 
 * ``nacala``: the demo scene (no shipped model saw Nacala) cut into a west and an east half; fine-tuned from the
   shipped default with the OSM-derived outlines of the west half, scored on the east half.
@@ -14,6 +14,9 @@
   reads it, its mask traced to polygons (touching buildings merge, as in SpaceNet's masks); the top half
   labelled, the bottom half scored; base ``--base-unseen`` as for Dhaka.
 
+``--recipe`` changes how the fit trains (:class:`geoseg.finetune.FitRecipe`: ``lr=3e-5``, ``cosine=true``,
+``frozen=encoder``, ``ema_decay=0.98``, ``batch``, ``crop_px``); the default is ``geoseg finetune``'s own.
+
 Prints, per place, the base model and the fine-tuned one on the scored part (pixel IoU, SpaceNet F1, outline
 scores), the fine-tune's steps and minutes, and writes OUT/report.json.
 """
@@ -21,6 +24,7 @@ scores), the fine-tune's steps and minutes, and writes OUT/report.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -32,7 +36,7 @@ from rasterio.windows import Window
 
 from bench_adapt import scored
 from geoseg.evaluate import polygons_from_array, write_labelled_region
-from geoseg.finetune import finetune
+from geoseg.finetune import FitRecipe, finetune
 from geoseg.pipeline import RunOptions
 from geoseg.read import Grid
 
@@ -91,6 +95,21 @@ def khartoum(out: Path, base: str) -> tuple[list[Path], list[Path], Path, str]:
     return [crop(image, top, out / "khartoum_top.tif")], [crop(image, bottom, out / "khartoum_bottom.tif")], outlines, base
 
 
+def recipe_from(settings: list[str]) -> FitRecipe:
+    """A :class:`FitRecipe` from ``KEY=VALUE`` strings, each value read as its field's type (``frozen``: names
+    separated by ``+``)."""
+    defaults = FitRecipe()
+    changes = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if not hasattr(defaults, key):
+            raise SystemExit(f"--recipe {setting}: no such field of FitRecipe")
+        kind = type(getattr(defaults, key))
+        changes[key] = (value.lower() in ("1", "true", "yes") if kind is bool else
+                        tuple(v for v in value.split("+") if v) if kind is tuple else kind(value))
+    return FitRecipe(**changes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -99,9 +118,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000, help="at most this many steps (and --minutes)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--base-unseen", default="runs/buildings-unet-r18-v2.safetensors")
+    parser.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
+                        help="a FitRecipe field for the fit (repeatable)")
     args = parser.parse_args()
     out = Path(args.out)
-    report = {"minutes": args.minutes, "steps": args.steps, "threads": args.threads, "places": {}}
+    recipe = recipe_from(args.recipe)
+    report = {"minutes": args.minutes, "steps": args.steps, "threads": args.threads,
+              "recipe": dataclasses.asdict(recipe), "places": {}}
     for place in args.places.split(","):
         maker = {"nacala": lambda o: nacala(o), "dhaka": lambda o: dhaka(o, args.base_unseen),
                  "khartoum": lambda o: khartoum(o, args.base_unseen)}[place]
@@ -111,7 +134,7 @@ def main() -> None:
         started = time.perf_counter()
         model, fit = finetune([str(p) for p in labelled], str(labels), str(out / place / f"{place}-finetuned.safetensors"),
                               base=base, minutes=args.minutes, steps=args.steps, threads=args.threads,
-                              progress=True)
+                              progress=True, recipe=recipe)
         minutes = (time.perf_counter() - started) / 60
         after = score(str(model), scored, labels, out / place / "finetuned")
         report["places"][place] = {"base": base_model, "labelled": [str(p) for p in labelled],

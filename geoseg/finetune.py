@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -227,49 +227,81 @@ class FitResult:
     after: dict
 
 
+@dataclass(frozen=True)
+class FitRecipe:
+    """How :func:`fit` trains. AdamW at ``lr`` (weight decay 1e-4), constant or, with ``cosine``, falling to 0 by
+    the end of the budget (whichever of steps and seconds is nearer its end); ``batch`` crops of ``crop_px``
+    pixels a step. ``frozen``: names of the net's parts whose weights stay as they are (e.g. ``("encoder",)``).
+    ``ema_decay`` > 0: the held-out ground judges, and the best step keeps, an exponential moving average of
+    the weights (updated every step with that decay) instead of the weights as trained. The default is what
+    ``geoseg finetune`` and ``--adapt`` use; the others are measured by ``benchmarks/bench_finetune.py --recipe``."""
+
+    lr: float = 1e-4
+    cosine: bool = False
+    batch: int = 4
+    crop_px: int = 256
+    frozen: tuple[str, ...] = ()
+    ema_decay: float = 0.0
+
+
 def fit(net: GeoModel, train: list[LabelledScene], holdout: list[LabelledGround] | None, *, steps: int,
-        seconds: float, seed: int = 0, lr: float = 1e-4, batch: int = 4, crop_px: int = 256,
-        pixel_weight=None, progress: bool = True) -> FitResult:
-    """Fine-tune ``net`` in place on crops of ``train`` for at most ``steps`` steps and ``seconds``; with
-    ``holdout``, keep the step that scores best there (checked every :data:`EVAL_EVERY` steps and at the end).
-    Batch-norm layers stay in eval mode (their statistics are the base model's, or those :mod:`geoseg.adapt`
-    set). ``pixel_weight(x, y)``, if given, weighs each pixel's cross-entropy."""
+        seconds: float, seed: int = 0, recipe: FitRecipe = FitRecipe(), pixel_weight=None,
+        progress: bool = True) -> FitResult:
+    """Fine-tune ``net`` in place on crops of ``train`` for at most ``steps`` steps and ``seconds``, as ``recipe``
+    says; with ``holdout``, keep the step that scores best there (checked every :data:`EVAL_EVERY` steps and at
+    the end). Batch-norm layers stay in eval mode (their statistics are the base model's, or those
+    :mod:`geoseg.adapt` set). ``pixel_weight(x, y)``, if given, weighs each pixel's cross-entropy."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    sampler = CropSampler(train, crop_px, rng, sensors=True)
+    sampler = CropSampler(train, recipe.crop_px, rng, sensors=True)
     autocast = use_bf16("auto")
-    optimiser = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
+    for name in recipe.frozen:
+        getattr(net, name).requires_grad_(False)
+    optimiser = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=1e-4)
+    judged = copy.deepcopy(net) if recipe.ema_decay > 0 else net
     net.eval()
     started = time.perf_counter()
-    before = holdout_scores(net, holdout, autocast) if holdout else {}
-    best, best_step, best_state = before, 0, copy.deepcopy(net.state_dict()) if holdout else None
+    before = holdout_scores(judged, holdout, autocast) if holdout else {}
+    best, best_step, best_state = before, 0, copy.deepcopy(judged.state_dict()) if holdout else None
     step = 0
     while step < steps and time.perf_counter() - started < seconds:
-        x, y = sampler.batch(batch)
+        if recipe.cosine:
+            done = max(step / steps, (time.perf_counter() - started) / seconds)
+            for group in optimiser.param_groups:
+                group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        x, y = sampler.batch(recipe.batch)
         weight = pixel_weight(x, y) if pixel_weight is not None else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss, _ = training_loss(net, net.prepare(x), y, None, weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if judged is not net:
+            with torch.no_grad():
+                for averaged, trained in zip(judged.parameters(), net.parameters()):
+                    averaged.mul_(recipe.ema_decay).add_(trained.detach(), alpha=1 - recipe.ema_decay)
         step += 1
         last = step == steps or time.perf_counter() - started >= seconds
         if holdout and (step % EVAL_EVERY == 0 or last):
-            scores = holdout_scores(net, holdout, autocast)
+            scores = holdout_scores(judged, holdout, autocast)
             if scores["building_iou"] > best["building_iou"]:
-                best, best_step, best_state = scores, step, copy.deepcopy(net.state_dict())
+                best, best_step, best_state = scores, step, copy.deepcopy(judged.state_dict())
             if progress:
                 print(f"geoseg: step {step}: loss {float(loss.detach()):.3f}, held-out building IoU {scores['building_iou']:.3f} "
                       f"(best {best['building_iou']:.3f} at step {best_step})", file=sys.stderr, flush=True)
+    for name in recipe.frozen:
+        getattr(net, name).requires_grad_(True)
     if best_state is not None:
         net.load_state_dict(best_state)
+    elif judged is not net:
+        net.load_state_dict(judged.state_dict())
     return FitResult(best_step if holdout else step, step, round(time.perf_counter() - started, 1), before,
                      best if holdout else {})
 
 
 def finetune(images: list[str], labels: str, out: str, base: str | None = None, area: str | None = None,
              minutes: float = 10.0, steps: int = 100_000, seed: int = 0, threads: int | None = None,
-             progress: bool = True) -> tuple[Path, FitResult]:
+             progress: bool = True, recipe: FitRecipe = FitRecipe()) -> tuple[Path, FitResult]:
     """``geoseg finetune`` (module docstring); returns the written weights' path and what the fit did."""
     out_path = Path(out)
     if out_path.suffix != ".safetensors":
@@ -290,7 +322,7 @@ def finetune(images: list[str], labels: str, out: str, base: str | None = None, 
     base_setting = (net.card.separator_threshold, net.card.separator_dilate_px)
     base_f1 = holdout_polygon_scores(net, grounds, autocast, (base_setting,))[base_setting]["spacenet_f1"]
     result = fit(net, [g.train_scene for g in grounds], grounds, steps=steps, seconds=minutes * 60, seed=seed,
-                 progress=progress)
+                 recipe=recipe, progress=progress)
     result.before = dict(result.before, spacenet_f1=base_f1)
     card = net.card
     tried = holdout_polygon_scores(net, grounds, autocast, SEPARATOR_CHOICES + (base_setting,))
@@ -308,7 +340,8 @@ def finetune(images: list[str], labels: str, out: str, base: str | None = None, 
                                   "labelled_m2": round(sum(float((g.labels != IGNORE).sum()) for g in grounds)
                                                        * card.gsd_m ** 2, 1),
                                   "holdout_fraction": HOLDOUT_FRACTION, "steps": result.steps,
-                                  "best_step": result.best_step, "seconds": result.seconds, "seed": seed},
+                                  "best_step": result.best_step, "seconds": result.seconds, "seed": seed,
+                                  "recipe": asdict(recipe)},
                      "base_training": card.training}
     card.metrics = {"finetune": {"holdout_before": result.before, "holdout_after": result.after}}
     save_model(net, out_path)

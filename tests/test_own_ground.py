@@ -311,3 +311,32 @@ def test_self_training_keeps_the_separators_the_model_draws():
     assert labels.tolist() == [[0, IGNORE, 2, IGNORE, IGNORE]]
     no_separator_class = confident_labels(p, valid, 0.9, building_class=1, separator_class=None)  # the rule is off
     assert no_separator_class.tolist() == [[0, IGNORE, IGNORE, IGNORE, IGNORE]]
+
+
+def test_fit_recipe_keeps_frozen_parts_and_returns_the_averaged_weights():
+    # frozen=("encoder",): the encoder's weights come back as they were, the decoder's do not; ema_decay: the weights
+    # returned are the running average of the trained ones, so they lie between the start and plain training's
+    from geoseg.finetune import FitRecipe, fit
+    from geoseg.model import load_model
+
+    data, _ = _houses(size=96)
+    labels = np.zeros(data.shape[1:], np.uint8)
+    labels[data[0] > 150] = 1
+    scene = LabelledScene("houses", data.astype(np.float32) / 255, labels, "train", place="own")
+    start, _ = load_model(None)
+    weights = {}
+    for name, recipe in [("plain", FitRecipe(crop_px=64, batch=2, lr=1e-3)),
+                         ("frozen", FitRecipe(crop_px=64, batch=2, lr=1e-3, frozen=("encoder",))),
+                         ("ema", FitRecipe(crop_px=64, batch=2, lr=1e-3, ema_decay=0.5))]:
+        net, _ = load_model(None)
+        result = fit(net, [scene], None, steps=3, seconds=600, recipe=recipe, progress=False)
+        assert result.steps == 3 and all(p.requires_grad for p in net.parameters())
+        weights[name] = {k: v.clone() for k, v in net.state_dict().items()}
+    first = dict(start.state_dict())
+    encoder = [k for k in first if k.startswith("encoder.") and first[k].is_floating_point() and "weight" in k]
+    decoder = [k for k in first if k.startswith("decoder.") and first[k].is_floating_point() and "weight" in k]
+    assert all(torch.equal(weights["frozen"][k], first[k]) for k in encoder)
+    assert any(not torch.equal(weights["frozen"][k], first[k]) for k in decoder)
+    assert any(not torch.equal(weights["plain"][k], first[k]) for k in encoder)
+    moved = lambda name: sum(float((weights[name][k] - first[k]).abs().sum()) for k in decoder)  # noqa: E731
+    assert 0 < moved("ema") < moved("plain")
