@@ -255,11 +255,12 @@ def fit(net: GeoModel, train: list[LabelledScene], holdout: list[LabelledGround]
     rng = np.random.default_rng(seed)
     sampler = CropSampler(train, recipe.crop_px, rng, sensors=True)
     autocast = use_bf16("auto")
-    for name in recipe.frozen:
-        getattr(net, name).requires_grad_(False)
+    frozen = [p for name in recipe.frozen for p in getattr(net, name).parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
     optimiser = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=1e-4)
-    judged = copy.deepcopy(net) if recipe.ema_decay > 0 else net
     net.eval()
+    judged = copy.deepcopy(net) if recipe.ema_decay > 0 else net
     started = time.perf_counter()
     before = holdout_scores(judged, holdout, autocast) if holdout else {}
     best, best_step, best_state = before, 0, copy.deepcopy(judged.state_dict()) if holdout else None
@@ -289,8 +290,8 @@ def fit(net: GeoModel, train: list[LabelledScene], holdout: list[LabelledGround]
             if progress:
                 print(f"geoseg: step {step}: loss {float(loss.detach()):.3f}, held-out building IoU {scores['building_iou']:.3f} "
                       f"(best {best['building_iou']:.3f} at step {best_step})", file=sys.stderr, flush=True)
-    for name in recipe.frozen:
-        getattr(net, name).requires_grad_(True)
+    for p in frozen:  # as they were
+        p.requires_grad_(True)
     if best_state is not None:
         net.load_state_dict(best_state)
     elif judged is not net:
