@@ -40,10 +40,11 @@ VARIANTS = {"dense": ["--backend", "unet"], "paper": ["--backend", "bgs", "--gat
             "cascade+linear": ["--backend", "bgs", "--gate", "linear", "--cascade"]}
 
 
-def run(scene: Path, out: Path, model: str, extra: list[str]) -> dict:
-    """One `geoseg run` process; its summary, with the whole process's wall seconds as ``process_s``."""
-    cmd = [sys.executable, "-m", "geoseg.cli", "run", str(scene), "-o", str(out), "--model", model,
-           "--quiet", "--formats", "gpkg", *extra]
+def run(scene: Path, out: Path, model: str | None, extra: list[str], formats: str = "gpkg") -> dict:
+    """One `geoseg run` process (``model`` None: the backend's own); its summary, with the whole process's wall
+    seconds as ``process_s``."""
+    cmd = [sys.executable, "-m", "geoseg.cli", "run", str(scene), "-o", str(out), *(["--model", model] if model else []),
+           "--quiet", "--formats", formats, *extra]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / scene.stem / "summary.json").read_text())

@@ -14,9 +14,8 @@ class ExitAtClose(WorkerPlugin):
     """When the cluster closes a worker, the process leaves at once (``os._exit``) instead of finalising an
     interpreter that holds torch: ``LocalCluster.close`` waits for its workers, 1.3-1.5 s of every run's wall on
     a 2-core machine, 0.1 s with this (``benchmarks/bench_timeline.py``'s "close"). Their atexit handlers do not
-    run. By then every task has finished and every
-    output is complete and renamed into place (the driver gathered all results before closing its client), and
-    the processes are geoseg's own: clusters reached by address (``--scheduler``, SLURM, job files with an
+    run. By then every task has finished and every output is complete and renamed into place (the driver
+    gathered all results before closing its client), and the processes are geoseg's own: clusters reached by address (``--scheduler``, SLURM, job files with an
     address) never get this plugin. Only a worker that is closing leaves (not one whose plugin is merely
     removed); Dask purges the empty lock files of its work directory when the next cluster starts."""
 
