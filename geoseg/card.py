@@ -40,6 +40,8 @@ class ModelCard:
     # How predicted separators split polygons (see geoseg.vectorise); tuned per model, overridable per run.
     separator_threshold: float = 0.5
     separator_dilate_px: int = 0
+    # P(building) (0-1) at or above which a pixel is building; None: the most probable class (geoseg.stitch).
+    building_threshold: float | None = None
     size_multiple_px: int = 32
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     # SegBlocks only: block side (px, divides the tile), the high-resolution fraction it was trained for, and

@@ -78,6 +78,9 @@ class RunOptions:
                               job="output")
     min_rectangularity: float = option(0.0, "--min-rectangularity", "drop polygons whose area is under this fraction "
                                        "of their bounding rectangle's (0-1; 0: off)", job="output")
+    building_threshold: float | None = option(None, "--building-threshold", "P(building) at or above which a pixel "
+                                              "is building, 0-1 (default: the card's, else the most probable "
+                                              "class)", job="output")
     separator_threshold: float | None = option(None, "--separator-threshold", "P(separator) that splits touching "
                                                "buildings (models with a separator class; default: the card's)",
                                                job="output")
@@ -122,6 +125,8 @@ class RunOptions:
             bad("--target-gsd", self.target_gsd_m, "a ground sample distance in metres must be > 0")
         if not (math.isfinite(self.min_rectangularity) and 0 <= self.min_rectangularity <= 1):
             bad("--min-rectangularity", self.min_rectangularity, "area over bounding-rectangle area must be in [0, 1]")
+        if self.building_threshold is not None and not 0 < self.building_threshold <= 1:
+            bad("--building-threshold", self.building_threshold, "a probability must be in (0, 1]")
         if self.separator_threshold is not None and not 0 <= self.separator_threshold <= 1:
             bad("--separator-threshold", self.separator_threshold, "a probability must be in [0, 1]")
         if self.score_threshold is not None and not 0 <= self.score_threshold <= 1:

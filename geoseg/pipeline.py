@@ -154,7 +154,8 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
         mask_tags={"CLASSES": ",".join(published), "BUILDING_CLASS": str(card.building_class)},
         chunk_px=opts.chunk_px, window_px=window_px_for(opts.chunk_px), gsd_m=gsd_m,
         metric_wkt=scene_metric_crs(grid).to_wkt(), vector=vector, owned=owned,
-        overview_factors=chunk_local_factors(grid.height, grid.width, opts.chunk_px))
+        overview_factors=chunk_local_factors(grid.height, grid.width, opts.chunk_px),
+        building_threshold=_either(opts.building_threshold, card.building_threshold))
     return SceneRun(str(scene), name, scene_dir, staging, work, plan, opened.facts, opened.reader, len(tiles), started,
                     last_user=plan.last_user(), driver_s=time.perf_counter() - started)
 

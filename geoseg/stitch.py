@@ -7,7 +7,10 @@ carry no weight. The core's rasters are then written as *pieces* (plain tiled Ge
 placed by their own transform), which :mod:`geoseg.assemble` mosaics into the scene's COGs:
 
 * building probability, uint8 0-255, with an internal mask: masked where the input was invalid;
-* class labels, uint8 (argmax over classes), nodata = :data:`MASK_NODATA` where the input was invalid.
+* class labels, uint8 (argmax over classes), nodata = :data:`MASK_NODATA` where the input was invalid. With a
+  ``building_threshold`` t (0-1, from the model card or ``--building-threshold``) a pixel is building exactly where
+  the uint8 building probability is at least 255 t, so ``mask.tif`` can be re-derived from ``probability.tif``;
+  a pixel the threshold takes out of the building class gets the most probable other class.
 
 With a model that has a separator class (the line where touching buildings meet), the separator counts as
 building in both (probability = P(building) + P(separator)), and P(separator) as uint8 0-255 is kept for the
@@ -16,6 +19,7 @@ vectorise stage, which keeps touching buildings apart along it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,8 +104,9 @@ def argmax_classes(probs: np.ndarray) -> np.ndarray:
 
 
 def chunk_rasters(probs: np.ndarray, valid: np.ndarray, building_class: int,
-                  separator_class: int | None = None) -> ChunkRasters:
-    """Labels, building probability and (with a separator class) P(separator) from blended probabilities."""
+                  separator_class: int | None = None, building_threshold: float | None = None) -> ChunkRasters:
+    """Labels, building probability and (with a separator class) P(separator) from blended probabilities;
+    ``building_threshold`` (0-1, None: the most probable class) as in the module docstring."""
     p_building = probs[building_class]
     labels = argmax_classes(probs)
     separator = None
@@ -111,9 +116,26 @@ def chunk_rasters(probs: np.ndarray, valid: np.ndarray, building_class: int,
         separator = np.clip(np.rint(p_separator * 255), 0, 255).astype(np.uint8) * valid
         labels[labels == separator_class] = building_class
     building = np.clip(np.rint(p_building * 255), 0, 255).astype(np.uint8)
+    if building_threshold is not None:
+        _threshold_building(labels, probs, building, building_class, separator_class, building_threshold)
     labels[~valid] = MASK_NODATA
     building[~valid] = 0
     return ChunkRasters(labels, building, valid, separator)
+
+
+def _threshold_building(labels: np.ndarray, probs: np.ndarray, building: np.ndarray, building_class: int,
+                        separator_class: int | None, threshold: float) -> None:
+    """In place: ``labels`` is building exactly where ``building`` (uint8 P(building)) >= 255 threshold;
+    pixels taken out of the building class get the most probable of the other classes."""
+    is_building = building >= math.ceil(round(threshold * 255, 6))  # round: 0.2 * 255 is 51.000000000000014
+    demoted = (labels == building_class) & ~is_building
+    if demoted.any():
+        others = probs[:, demoted]
+        for c in (building_class, separator_class):
+            if c is not None:
+                others[c] = -1.0
+        labels[demoted] = others.argmax(0)
+    labels[is_building] = building_class
 
 
 def write_piece(path: str, array: np.ndarray, grid: Grid, core: Window, nodata: int | None,

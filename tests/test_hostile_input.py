@@ -164,6 +164,8 @@ BAD_OPTIONS = [
     (["--target-gsd", "-1"], "--target-gsd"),
     (["--target-gsd", "0.001"], "--target-gsd"),
     (["--separator-threshold", "5"], "--separator-threshold"),
+    (["--building-threshold", "0"], "--building-threshold"),
+    (["--building-threshold", "nan"], "--building-threshold"),
     (["--separator-dilate", "-2"], "--separator-dilate"),
     (["--bands", ","], "--bands"),
     (["--tile", "0"], "--tile"),
