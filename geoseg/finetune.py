@@ -16,9 +16,11 @@ the base model with the training recipe's crops (scale, turns, flips, gain, gamm
 crops per step would otherwise replace the base model's). Training stops at ``steps`` or ``minutes``, whichever
 comes first; the best step is written (``MODEL.safetensors`` + ``MODEL.json``, whose ``training.finetune``
 records the base model and its sha256, the images, labels, area, steps and seconds, and ``metrics.finetune``
-the held-out figures before and after). With a separator class, the separator threshold and dilation that
-split touching buildings are then chosen on the held-out ground too (:data:`SEPARATOR_CHOICES`, by SpaceNet F1 of
-the held-out outlines, when it holds at least :data:`MIN_SEPARATOR_POLYGONS` buildings) and written into the card.
+the held-out figures before and after). The way pixels become outlines is then chosen on the held-out ground
+too, when it holds at least :data:`MIN_SEPARATOR_POLYGONS` buildings, and written into the card: the building
+threshold on P(building) (:data:`BUILDING_THRESHOLD_CHOICES`; None: the most probable class) and, with a
+separator class, the separator threshold and dilation that split touching buildings (:data:`SEPARATOR_CHOICES`),
+by the sum of building pixel IoU and SpaceNet F1 of the held-out outlines.
 """
 
 from __future__ import annotations
@@ -162,11 +164,36 @@ def holdout_scores(net: GeoModel, grounds: list[LabelledGround], autocast: bool)
     return {k: pooled[k] for k in ("building_iou", "building_precision", "building_recall", "pixels")}
 
 
-#: held-out buildings needed before the separator settings are chosen there (fewer: the base model's are kept;
-#: picking one of 20 settings on 6 buildings is noise)
+#: held-out buildings needed before the outline settings are chosen there (fewer: the base model's are kept;
+#: picking one of 80 settings on 6 buildings is noise)
 MIN_SEPARATOR_POLYGONS = 30
 #: the separator settings tried on the held-out ground after fitting (threshold 0-1, dilation px)
 SEPARATOR_CHOICES = tuple((t, d) for t in (0.05, 0.1, 0.2, 0.3, 0.5) for d in (0, 1, 2, 3))
+#: the building thresholds tried there (P(building) 0-1; None: the most probable class)
+BUILDING_THRESHOLD_CHOICES = (None, 0.4, 0.3, 0.2)
+
+
+@dataclass(frozen=True)
+class OutlineSetting:
+    """How predicted pixels become outlines: the building threshold (None: most probable class) and the
+    separator threshold (0-1) and dilation (px) that split touching buildings."""
+
+    building_threshold: float | None
+    separator_threshold: float
+    separator_dilate_px: int
+
+    @classmethod
+    def of(cls, card) -> "OutlineSetting":
+        return cls(card.building_threshold, card.separator_threshold, card.separator_dilate_px)
+
+
+def outline_choices(card) -> tuple[OutlineSetting, ...]:
+    """Every setting :func:`finetune` tries for ``card``'s model, the card's own first."""
+    separators = SEPARATOR_CHOICES if card.separator_class is not None else ((card.separator_threshold,
+                                                                                card.separator_dilate_px),)
+    tried = [OutlineSetting(b, t, d) for b in BUILDING_THRESHOLD_CHOICES for t, d in separators]
+    own = OutlineSetting.of(card)
+    return (own, *[c for c in tried if c != own])
 
 
 def class_probabilities(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
@@ -179,40 +206,50 @@ def class_probabilities(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_
 
 
 def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocast: bool,
-                           choices=SEPARATOR_CHOICES, min_area_m2: float = 4.0) -> dict:
-    """SpaceNet F1 on the held-out ground for each (separator threshold, dilation): predicted buildings traced as
-    the pipeline traces them (:func:`geoseg.vectorise.pieces_in_window`, whole image one window), predicted and
-    reference outlines both kept where their representative point is held out; in pixel units. Returns
-    ``{(threshold, dilation): scores}``."""
+                           choices: tuple[OutlineSetting, ...], min_area_m2: float = 4.0) -> dict:
+    """Building pixel IoU and SpaceNet F1 on the held-out ground for each :class:`OutlineSetting`: pixels as the
+    pipeline's stitch stage labels them, buildings traced as its vectorise stage traces them
+    (:func:`geoseg.vectorise.pieces_in_window`, whole image one window), predicted and reference outlines both
+    kept where their representative point is held out; in pixel units. Returns ``{setting: scores}``."""
     from .evaluate import spacenet_scores
+    from .metrics import building_scores
     from .stitch import chunk_rasters
     from .vectorise import VectorParams, pieces_in_window
 
     card = net.card
     min_px = min_area_m2 / card.gsd_m ** 2
     predicted: dict = {c: [] for c in choices}
+    pixels = {b: np.zeros(3, np.int64) for b in {c.building_threshold for c in choices}}  # tp, fp, fn
     reference = []
     for g in grounds:
         probs = class_probabilities(net, g.pixels, autocast)
         valid = g.labels != IGNORE
-        rasters = chunk_rasters(probs, valid, card.building_class, card.separator_class)
+        truth = np.isin(g.labels, [c for c in (card.building_class, card.separator_class) if c is not None])
+        scored = valid & g.holdout
         whole = Window(0, 0, g.grid.width, g.grid.height)
         def held(poly, holdout=g.holdout) -> bool:  # where its representative point lies
             point = poly.representative_point()
             return bool(holdout[min(int(point.y), holdout.shape[0] - 1), min(int(point.x), holdout.shape[1] - 1)])
 
-        for threshold, dilate in choices:
-            params = VectorParams(card.building_class, separator_threshold=threshold, separator_dilate_px=dilate)
-            final, border = pieces_in_window(rasters.labels, rasters.probability, rasters.separator, whole, g.grid,
-                                             g.grid.width + g.grid.height, params)
-            predicted[(threshold, dilate)] += [p.polygon for p in final + border if p.pixels >= min_px and held(p.polygon)]
+        for b in pixels:
+            rasters = chunk_rasters(probs, valid, card.building_class, card.separator_class, b)
+            found = rasters.labels == card.building_class
+            pixels[b] += [(found & truth & scored).sum(), (found & ~truth & scored).sum(),
+                          (~found & truth & scored).sum()]
+            for c in (c for c in choices if c.building_threshold == b):
+                params = VectorParams(card.building_class, separator_threshold=c.separator_threshold,
+                                      separator_dilate_px=c.separator_dilate_px)
+                final, border = pieces_in_window(rasters.labels, rasters.probability, rasters.separator, whole,
+                                                 g.grid, g.grid.width + g.grid.height, params)
+                predicted[c] += [p.polygon for p in final + border if p.pixels >= min_px and held(p.polygon)]
         to_px = ~g.grid.transform
         for poly in g.polygons.to_crs(g.grid.crs).explode(index_parts=False).geometry:
             px = shapely.affinity.affine_transform(poly, [to_px.a, to_px.b, to_px.d, to_px.e, to_px.c, to_px.f])
             if not px.is_empty and px.area >= min_px and held(px):
                 reference.append(px)
     frame = lambda polys: gpd.GeoDataFrame(geometry=polys)  # noqa: E731
-    return {c: spacenet_scores(frame(polys), frame(reference)) for c, polys in predicted.items()}
+    return {c: spacenet_scores(frame(polys), frame(reference)) | building_scores(*pixels[c.building_threshold])
+            for c, polys in predicted.items()}
 
 
 @dataclass
@@ -320,20 +357,23 @@ def finetune(images: list[str], labels: str, out: str, base: str | None = None, 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     autocast = use_bf16("auto")
-    base_setting = (net.card.separator_threshold, net.card.separator_dilate_px)
+    base_setting = OutlineSetting.of(net.card)
     base_f1 = holdout_polygon_scores(net, grounds, autocast, (base_setting,))[base_setting]["spacenet_f1"]
     result = fit(net, [g.train_scene for g in grounds], grounds, steps=steps, seconds=minutes * 60, seed=seed,
                  recipe=recipe, progress=progress)
     result.before = dict(result.before, spacenet_f1=base_f1)
     card = net.card
-    tried = holdout_polygon_scores(net, grounds, autocast, SEPARATOR_CHOICES + (base_setting,))
-    enough = tried[base_setting]["reference_polygons"] >= MIN_SEPARATOR_POLYGONS
-    if card.separator_class is not None and enough:  # the way touching buildings are split, fitted here too
-        best = max(tried, key=lambda c: (tried[c]["spacenet_f1"], c == base_setting))
-        card.separator_threshold, card.separator_dilate_px = best
-    chosen = tried[(card.separator_threshold, card.separator_dilate_px)]
-    result.after = dict(result.after, spacenet_f1=chosen["spacenet_f1"], separator_threshold=card.separator_threshold,
-                        separator_dilate_px=card.separator_dilate_px, polygons=chosen["reference_polygons"])
+    tried = holdout_polygon_scores(net, grounds, autocast, outline_choices(card))
+    best = base_setting
+    if tried[base_setting]["reference_polygons"] >= MIN_SEPARATOR_POLYGONS:  # the outline settings, fitted here too
+        best = max(tried, key=lambda c: (tried[c]["building_iou"] + tried[c]["spacenet_f1"], c == base_setting))
+    card.building_threshold, card.separator_threshold, card.separator_dilate_px = (
+        best.building_threshold, best.separator_threshold, best.separator_dilate_px)
+    chosen = tried[best]
+    result.after = dict(result.after, spacenet_f1=chosen["spacenet_f1"], **asdict(best),
+                        polygons=chosen["reference_polygons"])
+    if best.building_threshold != base_setting.building_threshold:
+        result.after["building_iou_at_threshold"] = chosen["building_iou"]
     card.name = out_path.stem
     card.trained = True
     card.training = {"finetune": {"base": base_path.stem, "base_sha256": base_sha256, "images": list(images),

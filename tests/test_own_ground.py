@@ -63,6 +63,7 @@ def test_finetune_writes_a_model_the_pipeline_uses(tmp_path, own_ground, capsys)
     assert after["polygons"] < 30  # too few held-out buildings to choose how touching ones are split: the base's
     assert (card["separator_threshold"], card["separator_dilate_px"]) == (base["separator_threshold"],
                                                                           base["separator_dilate_px"])
+    assert card["building_threshold"] == base.get("building_threshold")
     assert card["name"] == "mine" and card["trained"]
     assert main(["run", str(scene), "-o", str(tmp_path / "run"), "--model", str(out), "--workers", "0", "--quiet",
                  "--formats", "geojson"]) == 0
@@ -340,3 +341,24 @@ def test_fit_recipe_keeps_frozen_parts_and_returns_the_averaged_weights():
     assert any(not torch.equal(weights["plain"][k], first[k]) for k in encoder)
     moved = lambda name: sum(float((weights[name][k] - first[k]).abs().sum()) for k in decoder)  # noqa: E731
     assert 0 < moved("ema") < moved("plain")
+
+
+def test_outline_settings_are_scored_on_the_held_out_pixels_the_fit_is_judged_on(own_ground):
+    """The pixel IoU the outline choice sees at the card's own setting is the held-out IoU that picks the step;
+    a lower building threshold finds at least the same building pixels; every tried setting is scored."""
+    from geoseg.card import resolve_model_path
+    from geoseg.finetune import (OutlineSetting, holdout_polygon_scores, holdout_scores, labelled_ground,
+                                 outline_choices)
+    from geoseg.model import load_model
+
+    scene, labels = own_ground
+    net, _ = load_model(resolve_model_path(None))
+    grounds, _ = labelled_ground([str(scene)], str(labels), None, net.card)
+    choices = outline_choices(net.card)
+    own = OutlineSetting.of(net.card)
+    assert choices[0] == own and len(set(choices)) == len(choices) >= 4
+    low = OutlineSetting(0.2, own.separator_threshold, own.separator_dilate_px)
+    scores = holdout_polygon_scores(net, grounds, False, (own, low))
+    assert scores[own]["building_iou"] == holdout_scores(net, grounds, False)["building_iou"]
+    assert scores[low]["building_recall"] >= scores[own]["building_recall"]
+    assert {"spacenet_f1", "building_iou"} <= set(scores[low])
