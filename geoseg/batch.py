@@ -72,7 +72,7 @@ def run_job(job: Job, progress: bool = True) -> dict:
                       "geoseg:backend": spec.name, "geoseg:gate_sha256": _gate_sha256(spec)}
         if spec.cascade:
             provenance["geoseg:pregate_sha256"] = file_sha256(pregate_path(resolve_model_path(spec.model)))
-        settings = _settings_key(job, spec)
+        settings = _settings_key(job, spec, card)
         manifest = _load_manifest(out)
         rows: dict[str, dict] = {}
         bar = tqdm(total=len(scenes), desc=job.name, unit="scene", disable=not progress, file=sys.stderr)
@@ -184,8 +184,9 @@ _KEYED_ALWAYS = {"tiling": ("tile_px", "overlap_px", "batch_tiles"), "output": (
 _NOT_KEYED = {"backend", "model", "device", "adapt", "adapt_budget_s", "chunk_px"}
 
 
-def _settings_key(job: Job, spec: BackendSpec) -> str:
-    """Checksum of everything besides input and weights that changes the outputs."""
+def _settings_key(job: Job, spec: BackendSpec, card=None) -> str:
+    """Checksum of everything besides input and weights that changes the outputs (``card``: the model card; the
+    building threshold it gives enters the key when it has one, so a card that gains one redoes the scenes)."""
     options = job.run_options()
     fields: dict = {"backend": spec.name, "tiling": {}, "output": {}, "geoseg": __version__}
     for f in run_fields():
@@ -195,6 +196,8 @@ def _settings_key(job: Job, spec: BackendSpec) -> str:
         value = getattr(options, name)
         if name in _KEYED_ALWAYS.get(section, ()) or value != getattr(DEFAULTS, name):
             (fields[section] if section in ("tiling", "output") else fields)[name] = value
+    if card is not None and card.building_threshold is not None and options.building_threshold is None:
+        fields["card"] = {"building_threshold": card.building_threshold}
     if job.adapt:  # adapted weights depend on the scenes of the run: such a scene is redone with them
         fields["adapt"] = {"budget_s": job.adapt_budget_s}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -237,7 +237,8 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
             pixels[b] += [(found & truth & scored).sum(), (found & ~truth & scored).sum(),
                           (~found & truth & scored).sum()]
             for c in (c for c in choices if c.building_threshold == b):
-                params = VectorParams(card.building_class, separator_threshold=c.separator_threshold,
+                params = VectorParams(card.building_class, building_threshold=b,
+                                      separator_threshold=c.separator_threshold,
                                       separator_dilate_px=c.separator_dilate_px)
                 final, border = pieces_in_window(rasters.labels, rasters.probability, rasters.separator, whole,
                                                  g.grid, g.grid.width + g.grid.height, params)

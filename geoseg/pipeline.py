@@ -145,6 +145,7 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
         building_class=card.building_class,
         # 0.8: a margin for the difference between pixel area and area in the metric CRS; exact filter follows
         min_pixels=int(0.8 * opts.min_area_m2 / gsd_m ** 2),
+        building_threshold=_either(opts.building_threshold, card.building_threshold),
         separator_threshold=_either(opts.separator_threshold, card.separator_threshold),
         separator_dilate_px=_either(opts.separator_dilate_px, card.separator_dilate_px),
         min_area_m2=opts.min_area_m2, simplify_m=opts.simplify_m, regularise=opts.regularise,
@@ -154,8 +155,7 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
         mask_tags={"CLASSES": ",".join(published), "BUILDING_CLASS": str(card.building_class)},
         chunk_px=opts.chunk_px, window_px=window_px_for(opts.chunk_px), gsd_m=gsd_m,
         metric_wkt=scene_metric_crs(grid).to_wkt(), vector=vector, owned=owned,
-        overview_factors=chunk_local_factors(grid.height, grid.width, opts.chunk_px),
-        building_threshold=_either(opts.building_threshold, card.building_threshold))
+        overview_factors=chunk_local_factors(grid.height, grid.width, opts.chunk_px))
     return SceneRun(str(scene), name, scene_dir, staging, work, plan, opened.facts, opened.reader, len(tiles), started,
                     last_user=plan.last_user(), driver_s=time.perf_counter() - started)
 

@@ -63,8 +63,6 @@ class SceneWork:
     owned: dict | None = None
     #: the COGs' overview factors the chunks make (geoseg.overviews); () : GDAL builds the overviews
     overview_factors: tuple[int, ...] = ()
-    #: P(building) 0-1 at or above which a pixel is building (None: the most probable class), geoseg.stitch
-    building_threshold: float | None = None
 
     @property
     def building_class(self) -> int:

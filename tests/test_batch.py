@@ -240,3 +240,24 @@ def test_shipped_examples_are_valid_and_agree_on_the_schedule():
     assert " ".join(cron.split()[:5]) == cronjob["spec"]["schedule"] == demo.schedule
     assert subprocess.run(["bash", "-n", str(root / "pipelines" / "slurm" / "demo-buildings.sbatch")]).returncode == 0
     assert "OnCalendar=*-*-* 02:00:00" in (root / "pipelines" / "systemd" / "geoseg-demo-buildings.timer").read_text()
+
+
+def test_the_settings_key_holds_the_building_threshold_of_the_card_unless_the_job_sets_one(tmp_path):
+    """A card that gains a building threshold changes every scene's mask, so its scenes are not skipped as done;
+    a card without one keeps the key of earlier versions (old manifests stay valid)."""
+    from dataclasses import replace
+
+    from geoseg.backends import describe_backend, spec_for
+    from geoseg.batch import _settings_key
+
+    job = load_job(write_job(tmp_path, tmp_path / "catalog.json"))
+    spec = spec_for(job)
+    card, _ = describe_backend(spec)
+    plain = replace(card, building_threshold=None)
+    assert _settings_key(job, spec, plain) == _settings_key(job, spec)
+    assert _settings_key(job, spec, replace(card, building_threshold=0.4)) != _settings_key(job, spec, plain)
+    assert _settings_key(job, spec, replace(card, building_threshold=0.3)) != \
+        _settings_key(job, spec, replace(card, building_threshold=0.4))
+    path = write_job(tmp_path, tmp_path / "catalog.json", output={"folder": "o", "building_threshold": 0.4})
+    set_in_job = load_job(path)
+    assert _settings_key(set_in_job, spec, replace(card, building_threshold=0.3)) == _settings_key(set_in_job, spec, plain)

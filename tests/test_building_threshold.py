@@ -49,3 +49,38 @@ def test_pixels_taken_out_of_the_building_class_get_the_next_most_probable_class
     assert np.array_equal(labels[demoted], others.argmax(0)[demoted])
     kept = probs.argmax(0) != 3
     assert np.array_equal(labels[kept & (labels != 3)], probs.argmax(0)[kept & (labels != 3)])
+
+
+def test_a_lower_threshold_grows_confident_buildings_without_joining_them_or_adding_new_ones():
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from geoseg.read import Grid
+    from geoseg.vectorise import FRINGE_GROW_PX, VectorParams, pieces_in_window
+
+    grid = Grid("EPSG:32631", Affine(0.3, 0, 500000, 0, -0.3, 100000), 80, 80)
+    prob = np.zeros((80, 80), np.uint8)
+    prob[10:30, 5:45] = 90  # P 0.35: under the seed threshold, over a 0.3 building threshold
+    prob[12:28, 8:24] = 200  # two confident roofs, 3 px apart, joined only by the low-probability band
+    prob[12:28, 27:42] = 200
+    prob[50:60, 50:60] = 90  # a low-probability blob far from any roof
+    whole = Window(0, 0, 80, 80)
+
+    def outlines(threshold):
+        labels = (prob >= (128 if threshold is None else 77)).astype(np.uint8)
+        final, border = pieces_in_window(labels, prob, None, whole, grid, 80, VectorParams(building_threshold=threshold))
+        assert not border
+        return sorted(final, key=lambda p: p.polygon.bounds)
+
+    confident, grown = outlines(None), outlines(0.3)
+    assert len(confident) == len(grown) == 2  # the band does not join the roofs; the far blob is no building
+    for before, after in zip(confident, grown):
+        assert after.polygon.contains(before.polygon) and after.pixels > before.pixels
+        grow_px = max(abs(a - b) for a, b in zip(after.polygon.bounds, before.polygon.bounds))
+        assert grow_px <= FRINGE_GROW_PX
+    left, right = grown
+    assert left.polygon.intersection(right.polygon).area == 0
+    # a threshold at or over the seed threshold labels components as before (no growth step)
+    labels = (prob >= 128).astype(np.uint8)
+    same = pieces_in_window(labels, prob, None, whole, grid, 80, VectorParams(building_threshold=0.5))[0]
+    assert [p.polygon.wkt for p in sorted(same, key=lambda p: p.polygon.bounds)] == [p.polygon.wkt for p in confident]
