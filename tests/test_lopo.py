@@ -61,3 +61,30 @@ def test_a_left_out_place_is_scored_on_its_own_imagery_against_polygons_where_it
     assert zooms == {"19"}  # the zoom-20/21 chips show the same ground again: counted once
     khartoum = validation_regions(str(CONFIG), tmp_path / "khartoum", "all", "khartoum")
     assert [ref.suffix for _, ref in khartoum] == [".tif"]
+
+
+def test_a_setting_is_chosen_for_each_place_without_looking_at_it(tmp_path):
+    """benchmarks/lopo_choose.py: each place gets the column the *other* places rank best, so a column that wins
+    only on one place is not credited to it; an F1 floor keeps out columns that buy IoU with F1; labelled
+    reports keep same-named columns apart."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("lopo_choose", ROOT / "benchmarks" / "lopo_choose.py")
+    choose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(choose)
+
+    def m(iou, f1):
+        return {"building_iou": iou, "spacenet_f1": f1}
+
+    places = {"a": {"base": m(0.5, 0.5), "lucky": m(0.8, 0.5), "low": m(0.6, 0.2)},
+              "b": {"base": m(0.5, 0.5), "lucky": m(0.1, 0.5), "low": m(0.6, 0.2)},
+              "c": {"base": m(0.5, 0.5), "lucky": m(0.1, 0.5), "low": m(0.6, 0.2)}}
+    by_iou = choose.nested_choice(places, "iou")
+    assert by_iou["by_place"]["a"]["column"] == "low"  # b and c rank "low" first: a's lucky 0.8 is not used
+    assert by_iou["mean_building_iou"] == 0.6
+    floored = choose.nested_choice(places, "iou", f1_floor="base")
+    assert {v["column"] for v in floored["by_place"].values()} == {"base"}  # "lucky" loses on the others, "low" on F1
+    (tmp_path / "r1.json").write_text(json.dumps({"places": {"a": {"x": m(0.1, 0.1)}}}))
+    (tmp_path / "r2.json").write_text(json.dumps({"places": {"a": {"x": m(0.2, 0.2)}}}))
+    loaded = choose.load_places([str(tmp_path / "r1.json"), f"grown={tmp_path / 'r2.json'}"])
+    assert loaded["a"] == {"x": m(0.1, 0.1), "grown:x": m(0.2, 0.2)}
