@@ -38,7 +38,7 @@ from tqdm import tqdm
 from . import __version__
 from .atomic import write_text_atomic
 from .backends import BackendSpec, describe_backend, spec_for
-from .card import file_sha256, resolve_model_path
+from .card import ModelCard, file_sha256, resolve_model_path
 from .catalog import SceneRef, catalog_scenes, scene_item
 from .errors import GeosegError
 from .formats import is_sidecar, media_type
@@ -184,7 +184,7 @@ _KEYED_ALWAYS = {"tiling": ("tile_px", "overlap_px", "batch_tiles"), "output": (
 _NOT_KEYED = {"backend", "model", "device", "adapt", "adapt_budget_s", "chunk_px"}
 
 
-def _settings_key(job: Job, spec: BackendSpec, card=None) -> str:
+def _settings_key(job: Job, spec: BackendSpec, card: ModelCard | None = None) -> str:
     """Checksum of everything besides input and weights that changes the outputs (``card``: the model card; the
     building threshold it gives enters the key when it has one, so a card that gains one redoes the scenes)."""
     options = job.run_options()

@@ -34,7 +34,7 @@ import shapely
 from .datasets import IGNORE, read_label_polygons, read_on_grid, vector_labels_on_grid
 from .errors import GeosegError
 from .formats import EVALUATE_ORDER, REGISTRY as FORMATS
-from .metrics import building_scores
+from .metrics import building_scores, pixel_counts
 from .read import Grid
 from .stitch import MASK_NODATA
 from .trace import label_polygons
@@ -208,8 +208,7 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
         truth[(truth != IGNORE) & (truth > 0)] = 1
         ref_polygons = polygons_from_array(truth, grid, 1)
     known = valid & (truth != IGNORE)
-    pred_b, true_b = (classes == building) & known, (truth == 1) & known
-    tp, fp, fn = int((pred_b & true_b).sum()), int((pred_b & ~true_b).sum()), int((~pred_b & true_b).sum())
+    tp, fp, fn = pixel_counts(classes == building, truth == 1, known)
     pixel = {**building_scores(tp, fp, fn), "pixels": int(known.sum()), "tp_pixels": tp, "fp_pixels": fp, "fn_pixels": fn}
     predicted = read_polygons(vector_path) if vector_path else polygons_from_array(np.where(valid, classes, MASK_NODATA), grid, building)
     # the scene's own CRS if UTM, else an equal-area one centred on it: defined for any scene, also one with no
@@ -235,7 +234,7 @@ def evaluate(prediction: str | Path, reference: str | Path, polygons: str | None
     result = {"prediction": str(prediction), "reference": str(reference), **pixel,
               **spacenet_scores(predicted, reference_kept, pairs),
               "warnings": coverage_warnings(len(ref_polygons_all), len(reference_kept), int(known.sum()),
-                                            int(true_b.sum()))}
+                                            tp + fn)}
     if "score" in predicted.columns:
         records = ap_records(predicted, reference_kept, pairs)
         result |= average_precision(records, int(on_valid.sum())) | {"ap_records": records}

@@ -212,7 +212,7 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
     (:func:`geoseg.vectorise.pieces_in_window`, whole image one window), predicted and reference outlines both
     kept where their representative point is held out; in pixel units. Returns ``{setting: scores}``."""
     from .evaluate import spacenet_scores
-    from .metrics import building_scores
+    from .metrics import building_scores, pixel_counts
     from .stitch import chunk_rasters
     from .vectorise import VectorParams, pieces_in_window
 
@@ -233,9 +233,7 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
 
         for b in pixels:
             rasters = chunk_rasters(probs, valid, card.building_class, card.separator_class, b)
-            found = rasters.labels == card.building_class
-            pixels[b] += [(found & truth & scored).sum(), (found & ~truth & scored).sum(),
-                          (~found & truth & scored).sum()]
+            pixels[b] += pixel_counts(rasters.labels == card.building_class, truth, scored)
             for c in (c for c in choices if c.building_threshold == b):
                 params = VectorParams(card.building_class, building_threshold=b,
                                       separator_threshold=c.separator_threshold,

@@ -9,6 +9,12 @@ import numpy as np
 from .datasets import IGNORE
 
 
+def pixel_counts(predicted: np.ndarray, truth: np.ndarray, known: np.ndarray) -> tuple[int, int, int]:
+    """True positive, false positive and false negative pixels of boolean building rasters, where ``known``."""
+    p, t = predicted & known, truth & known
+    return int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+
+
 def building_scores(tp: float, fp: float, fn: float) -> dict:
     """Building IoU, precision and recall (0-1, 4 decimals) from pixel counts; 0 where a denominator is 0."""
     return {"building_iou": round(float(tp / max(tp + fp + fn, 1)), 4),

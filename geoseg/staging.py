@@ -68,6 +68,11 @@ class SceneWork:
     def building_class(self) -> int:
         return self.vector.building_class
 
+    @property
+    def building_threshold(self) -> float | None:
+        """P(building) 0-1 at which the stitch stage labels a pixel building (None: the most probable class)."""
+        return self.vector.building_threshold
+
 
 @dataclass(frozen=True)
 class BatchStats:

@@ -123,11 +123,17 @@ def chunk_rasters(probs: np.ndarray, valid: np.ndarray, building_class: int,
     return ChunkRasters(labels, building, valid, separator)
 
 
+def probability_cut_u8(p: float) -> int:
+    """The smallest uint8 building probability (0-255, as written here) that is at least ``p`` (0-1): a pixel
+    reaches the cut ``p`` where its uint8 probability is >= this."""
+    return math.ceil(round(p * 255, 6))  # round: 0.2 * 255 is 51.000000000000014
+
+
 def _threshold_building(labels: np.ndarray, probs: np.ndarray, building: np.ndarray, building_class: int,
                         separator_class: int | None, threshold: float) -> None:
     """In place: ``labels`` is building exactly where ``building`` (uint8 P(building)) >= 255 threshold;
     pixels taken out of the building class get the most probable of the other classes."""
-    is_building = building >= math.ceil(round(threshold * 255, 6))  # round: 0.2 * 255 is 51.000000000000014
+    is_building = building >= probability_cut_u8(threshold)
     demoted = (labels == building_class) & ~is_building
     if demoted.any():
         others = probs[:, demoted]

@@ -125,8 +125,8 @@ def scene_summary(done: SceneDone, model: RunModel, opts: RunOptions) -> RunSumm
     if "tiles_past_pregate" in counters:  # the cascade: the pre-gate's pass rate is the encoder's execution rate
         details |= {"cascade": True, "tiles_past_pregate": counters["tiles_past_pregate"],
                     "encoder_execution_rate": round(counters["tiles_past_pregate"] / encoded, 4) if encoded else 0.0}
-    if done.work.vector.building_threshold is not None:
-        details["building_threshold"] = done.work.vector.building_threshold
+    if done.work.building_threshold is not None:
+        details["building_threshold"] = done.work.building_threshold
     if card.separator_class is not None:
         details |= {"separator_threshold": done.work.vector.separator_threshold,
                     "separator_dilate_px": done.work.vector.separator_dilate_px}

@@ -75,8 +75,7 @@ def process_chunk(work: SceneWork, chunk: Chunk, batches: list[BatchResult], own
     t0 = time.perf_counter()
     predictions = [p for batch in batches for p in batch.predictions if chunk.intersects(p.tile)]
     probs, valid = blend_chunk(chunk.window, predictions, work.n_classes)
-    rasters = chunk_rasters(probs, valid, work.building_class, work.separator_class,
-                            work.vector.building_threshold)
+    rasters = chunk_rasters(probs, valid, work.building_class, work.separator_class, work.building_threshold)
     del probs
     t1 = time.perf_counter()
     write_piece(str(piece_path(work.staging, "mask", chunk.index)), rasters.labels, work.grid, chunk.window,

@@ -32,7 +32,6 @@ probability (0-1) over the polygon's pixels before simplification.
 
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,6 +47,7 @@ from rasterio.windows import Window
 
 from .outline import rectangularity, regularise_px
 from .read import Grid, affine_xy
+from .stitch import probability_cut_u8
 from .trace import label_polygons, trace_components
 
 if TYPE_CHECKING:  # geopandas is imported where frames are made, on workers: the driver never needs it
@@ -244,7 +244,7 @@ def pieces_in_window(labels_in: np.ndarray, prob: np.ndarray, separator: np.ndar
     core = is_building & ~split if split is not None else is_building
     fringe = None
     if params.building_threshold is not None and params.building_threshold < SEED_THRESHOLD:
-        fringe = core & (prob[top:bottom, left:right] < math.ceil(SEED_THRESHOLD * 255))
+        fringe = core & (prob[top:bottom, left:right] < probability_cut_u8(SEED_THRESHOLD))
         core = core & ~fringe
     from scipy import ndimage
 

@@ -360,6 +360,8 @@ def test_outline_settings_are_scored_on_the_held_out_pixels_the_fit_is_judged_on
     argmax = OutlineSetting(None, own.separator_threshold, own.separator_dilate_px)
     low = OutlineSetting(0.2, own.separator_threshold, own.separator_dilate_px)
     scores = holdout_polygon_scores(net, grounds, False, (argmax, low))
-    assert scores[argmax]["building_iou"] == holdout_scores(net, grounds, False)["building_iou"]
+    # the same pixels: softmax then most probable class here, logits' argmax there (a pixel whose two top
+    # probabilities round to the same float may go either way, hence not exact equality)
+    assert scores[argmax]["building_iou"] == pytest.approx(holdout_scores(net, grounds, False)["building_iou"], abs=2e-3)
     assert scores[low]["building_recall"] >= scores[argmax]["building_recall"]
     assert {"spacenet_f1", "building_iou"} <= set(scores[low])
