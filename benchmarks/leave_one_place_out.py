@@ -88,6 +88,18 @@ def sample_scenes(scenes: list, max_mpx: float | None) -> list:
     return sorted(picked, key=lambda s: s.name)
 
 
+def setting_value(text: str):
+    """A ``--set``/``--run`` value as YAML reads it, except that a number YAML 1.1 leaves a string (``3e-5``: it
+    wants ``3.0e-5``) is a number."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def seen_places(model: str) -> set[str]:
     card = ModelCard.from_json(resolve_model_path(model).with_suffix(".json"))
     config = TrainConfig.model_validate(card.training.get("config_values", {}))
@@ -122,7 +134,7 @@ def main() -> None:
         return finish(report, out, args.write_card)
     config, root = load_config(base)
     places = args.places.split(",")
-    changes = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    changes = {k: setting_value(v) for k, v in (item.split("=", 1) for item in args.set)}
     report: dict = {"config": str(base), "changes": changes, "max_mpx": args.max_mpx, "budget": {"epochs": args.epochs, "steps_per_epoch": args.steps,
                                                     "batch_size": config.batch_size}, "places": {}}
     all_scenes = load_scenes(config, root)
@@ -143,7 +155,7 @@ def main() -> None:
             print(f"{place}: fold trained in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         row = {"recipe": score(str(fold / "best.safetensors"), regions, out / place / "runs" / "recipe")}
         for variant in args.run:
-            options = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in variant.split(","))}
+            options = {k: setting_value(v) for k, v in (item.split("=", 1) for item in variant.split(","))}
             row[f"recipe {variant}"] = score(str(fold / "best.safetensors"), regions,
                                              out / place / "runs" / variant.replace("=", "-").replace(",", "_"), options)
         for model in args.compare:

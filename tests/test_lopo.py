@@ -88,3 +88,11 @@ def test_a_setting_is_chosen_for_each_place_without_looking_at_it(tmp_path):
     (tmp_path / "r2.json").write_text(json.dumps({"places": {"a": {"x": m(0.2, 0.2)}}}))
     loaded = choose.load_places([str(tmp_path / "r1.json"), f"grown={tmp_path / 'r2.json'}"])
     assert loaded["a"] == {"x": m(0.1, 0.1), "grown:x": m(0.2, 0.2)}
+
+
+def test_set_and_run_values_are_read_as_yaml_with_exponents_as_numbers():
+    # PyYAML (YAML 1.1) reads 3e-5 as a string; a learning rate given that way trained nothing sensible
+    assert lopo.setting_value("3e-5") == 3e-5
+    assert lopo.setting_value("0.4") == 0.4 and lopo.setting_value("4") == 4
+    assert lopo.setting_value("true") is True
+    assert lopo.setting_value("sensors") == "sensors"
