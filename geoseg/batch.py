@@ -186,7 +186,8 @@ _NOT_KEYED = {"backend", "model", "device", "adapt", "adapt_budget_s", "chunk_px
 
 def _settings_key(job: Job, spec: BackendSpec, card: ModelCard | None = None) -> str:
     """Checksum of everything besides input and weights that changes the outputs (``card``: the model card; the
-    building threshold it gives enters the key when it has one, so a card that gains one redoes the scenes)."""
+    building threshold and confidence floor it gives enter the key when it has them, so a card that gains one
+    redoes the scenes)."""
     options = job.run_options()
     fields: dict = {"backend": spec.name, "tiling": {}, "output": {}, "geoseg": __version__}
     for f in run_fields():
@@ -196,8 +197,10 @@ def _settings_key(job: Job, spec: BackendSpec, card: ModelCard | None = None) ->
         value = getattr(options, name)
         if name in _KEYED_ALWAYS.get(section, ()) or value != getattr(DEFAULTS, name):
             (fields[section] if section in ("tiling", "output") else fields)[name] = value
-    if card is not None and card.building_threshold is not None and options.building_threshold is None:
-        fields["card"] = {"building_threshold": card.building_threshold}
+    from_card = {name: getattr(card, name) for name in ("building_threshold", "min_confidence")
+                 if card is not None and getattr(card, name) is not None and getattr(options, name) is None}
+    if from_card:  # only when the card sets one: a card without keeps the key of earlier versions
+        fields["card"] = from_card
     if job.adapt:  # adapted weights depend on the scenes of the run: such a scene is redone with them
         fields["adapt"] = {"budget_s": job.adapt_budget_s}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

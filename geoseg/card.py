@@ -42,6 +42,8 @@ class ModelCard:
     separator_dilate_px: int = 0
     # P(building) (0-1) at or above which a pixel is building; None: the most probable class (geoseg.stitch).
     building_threshold: float | None = None
+    # Buildings whose confidence (mean P(building), 0-1) is under this are left out of the polygons; None: all kept.
+    min_confidence: float | None = None
     size_multiple_px: int = 32
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     # SegBlocks only: block side (px, divides the tile), the high-resolution fraction it was trained for, and
@@ -89,6 +91,11 @@ class ModelCard:
             raise ValueError("bands must list the input bands")
         if not isinstance(self.gsd_m, (int, float)) or not self.gsd_m > 0:
             raise ValueError(f"gsd_m {self.gsd_m!r} must be a positive number of metres")
+        for name, low_open in (("building_threshold", True), ("min_confidence", False)):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and (0 < value if low_open else 0 <= value)
+                                          and value <= 1):
+                raise ValueError(f"{name} {value!r} must be a probability in {'(0' if low_open else '[0'}, 1] or null")
 
     def to_json(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")

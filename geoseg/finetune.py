@@ -209,8 +209,9 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
                            choices: tuple[OutlineSetting, ...], min_area_m2: float = 4.0) -> dict:
     """Building pixel IoU and SpaceNet F1 on the held-out ground for each :class:`OutlineSetting`: pixels as the
     pipeline's stitch stage labels them, buildings traced as its vectorise stage traces them
-    (:func:`geoseg.vectorise.pieces_in_window`, whole image one window), predicted and reference outlines both
-    kept where their representative point is held out; in pixel units. Returns ``{setting: scores}``."""
+    (:func:`geoseg.vectorise.pieces_in_window`, whole image one window) and left out under the card's
+    ``min_confidence`` as the pipeline does, predicted and reference outlines both kept where their representative
+    point is held out; in pixel units. Returns ``{setting: scores}``."""
     from .evaluate import spacenet_scores
     from .metrics import building_scores, pixel_counts
     from .stitch import chunk_rasters
@@ -240,7 +241,8 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
                                       separator_dilate_px=c.separator_dilate_px)
                 final, border = pieces_in_window(rasters.labels, rasters.probability, rasters.separator, whole,
                                                  g.grid, g.grid.width + g.grid.height, params)
-                predicted[c] += [p.polygon for p in final + border if p.pixels >= min_px and held(p.polygon)]
+                predicted[c] += [p.polygon for p in final + border if p.pixels >= min_px and held(p.polygon)
+                                 and (card.min_confidence is None or p.confidence >= card.min_confidence)]
         to_px = ~g.grid.transform
         for poly in g.polygons.to_crs(g.grid.crs).explode(index_parts=False).geometry:
             px = shapely.affinity.affine_transform(poly, [to_px.a, to_px.b, to_px.d, to_px.e, to_px.c, to_px.f])

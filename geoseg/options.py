@@ -81,6 +81,9 @@ class RunOptions:
     building_threshold: float | None = option(None, "--building-threshold", "P(building) at or above which a pixel "
                                               "is building, 0-1 (default: the card's, else the most probable "
                                               "class)", job="output")
+    min_confidence: float | None = option(None, "--min-confidence", "drop buildings whose mean P(building) (their "
+                                          "confidence column) is under this, 0-1; the mask keeps them (default: "
+                                          "the card's, else keep all)", job="output")
     separator_threshold: float | None = option(None, "--separator-threshold", "P(separator) that splits touching "
                                                "buildings (models with a separator class; default: the card's)",
                                                job="output")
@@ -127,6 +130,8 @@ class RunOptions:
             bad("--min-rectangularity", self.min_rectangularity, "area over bounding-rectangle area must be in [0, 1]")
         if self.building_threshold is not None and not 0 < self.building_threshold <= 1:
             bad("--building-threshold", self.building_threshold, "a probability must be in (0, 1]")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
+            bad("--min-confidence", self.min_confidence, "a mean probability must be in [0, 1]")
         if self.separator_threshold is not None and not 0 <= self.separator_threshold <= 1:
             bad("--separator-threshold", self.separator_threshold, "a probability must be in [0, 1]")
         if self.score_threshold is not None and not 0 <= self.score_threshold <= 1:

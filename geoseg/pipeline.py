@@ -146,6 +146,7 @@ def open_run(scene: str, name: str, out_dir: str | os.PathLike, opts: RunOptions
         # 0.8: a margin for the difference between pixel area and area in the metric CRS; exact filter follows
         min_pixels=int(0.8 * opts.min_area_m2 / gsd_m ** 2),
         building_threshold=_either(opts.building_threshold, card.building_threshold),
+        min_confidence=_either(opts.min_confidence, card.min_confidence),
         separator_threshold=_either(opts.separator_threshold, card.separator_threshold),
         separator_dilate_px=_either(opts.separator_dilate_px, card.separator_dilate_px),
         min_area_m2=opts.min_area_m2, simplify_m=opts.simplify_m, regularise=opts.regularise,

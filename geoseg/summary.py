@@ -127,6 +127,8 @@ def scene_summary(done: SceneDone, model: RunModel, opts: RunOptions) -> RunSumm
                     "encoder_execution_rate": round(counters["tiles_past_pregate"] / encoded, 4) if encoded else 0.0}
     if done.work.building_threshold is not None:
         details["building_threshold"] = done.work.building_threshold
+    if done.work.vector.min_confidence is not None:
+        details["min_confidence"] = done.work.vector.min_confidence
     if card.separator_class is not None:
         details |= {"separator_threshold": done.work.vector.separator_threshold,
                     "separator_dilate_px": done.work.vector.separator_dilate_px}

@@ -79,6 +79,9 @@ class VectorParams:
     #: P(building) 0-1 at which a pixel is building in the mask (None: the most probable class; geoseg.stitch);
     #: under :data:`SEED_THRESHOLD` its outlines grow from confident seeds (module docstring)
     building_threshold: float | None = None
+    #: buildings whose confidence (mean P(building), 0-1, as the ``confidence`` column rounds it) is under this are
+    #: left out of the polygons (None: all kept); the mask keeps their pixels
+    min_confidence: float | None = None
 
 
 @dataclass
@@ -89,6 +92,11 @@ class Piece:
     probability_sum: float  # sum of uint8 probabilities (0-255) over its pixels
     pixels: int
     window: int | None = None  # index of the window it came from (None: unknown, may merge with anything)
+
+    @property
+    def confidence(self) -> float:
+        """Mean P(building) over its pixels, 0-1, as the ``confidence`` column holds it (4 decimals)."""
+        return round(self.probability_sum / self.pixels / 255.0, 4)
 
 
 def _window_pieces(labels: np.ndarray, count: int, prob: np.ndarray, offset: Affine, index: int) -> dict[int, Piece]:
@@ -375,14 +383,20 @@ def _valid(polygon):
 
 def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, params: VectorParams = VectorParams(),
                     metric: ProjCRS | None = None, order_keys: bool = False) -> gpd.GeoDataFrame:
-    """Georeference pieces: GeoDataFrame in the grid's CRS with ``id``, ``confidence``, ``area_m2``.
+    """Georeference pieces: GeoDataFrame in the grid's CRS with ``id``, ``confidence``, ``area_m2``; pieces under
+    ``params.min_confidence`` left out.
 
     ``id`` is 1..n in order of each polygon's top-left pixel (row, then column), stable for the same mask.
     ``order_keys``: also the columns ``top_px`` and ``left_px`` (that pixel, before simplification), by which
     a chunked run orders the polygons of several chunks.
     """
     pieces = sorted(pieces, key=piece_order)
-    columns = {"confidence": [round(p.probability_sum / p.pixels / 255.0, 4) for p in pieces]}
+    confidence = [p.confidence for p in pieces]
+    if params.min_confidence is not None:  # on the value the column holds: a user's own filter of it agrees
+        kept = [c >= params.min_confidence for c in confidence]
+        pieces = [p for p, k in zip(pieces, kept) if k]
+        confidence = [c for c, k in zip(confidence, kept) if k]
+    columns = {"confidence": confidence}
     if order_keys:
         columns |= {"top_px": [int(piece_order(p)[0]) for p in pieces], "left_px": [int(piece_order(p)[1]) for p in pieces]}
     return georeference([p.polygon for p in pieces], columns, grid, gsd_m, params, metric)[0]

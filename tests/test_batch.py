@@ -242,7 +242,7 @@ def test_shipped_examples_are_valid_and_agree_on_the_schedule():
     assert "OnCalendar=*-*-* 02:00:00" in (root / "pipelines" / "systemd" / "geoseg-demo-buildings.timer").read_text()
 
 
-def test_the_settings_key_holds_the_building_threshold_of_the_card_unless_the_job_sets_one(tmp_path):
+def test_the_settings_key_holds_the_building_threshold_and_floor_of_the_card_unless_the_job_sets_them(tmp_path):
     """A card that gains a building threshold changes every scene's mask, so its scenes are not skipped as done;
     a card without one keeps the key of earlier versions (old manifests stay valid)."""
     from dataclasses import replace
@@ -261,3 +261,10 @@ def test_the_settings_key_holds_the_building_threshold_of_the_card_unless_the_jo
     path = write_job(tmp_path, tmp_path / "catalog.json", output={"folder": "o", "building_threshold": 0.4})
     set_in_job = load_job(path)
     assert _settings_key(set_in_job, spec, replace(card, building_threshold=0.3)) == _settings_key(set_in_job, spec, plain)
+    # the same for the card's confidence floor, which changes the polygons
+    unfloored = replace(plain, min_confidence=None)
+    assert _settings_key(job, spec, unfloored) == _settings_key(job, spec)
+    assert _settings_key(job, spec, replace(unfloored, min_confidence=0.65)) != _settings_key(job, spec, unfloored)
+    floored_job = load_job(write_job(tmp_path, tmp_path / "catalog.json", output={"folder": "o", "min_confidence": 0.5}))
+    assert _settings_key(floored_job, spec, replace(unfloored, min_confidence=0.65)) == \
+        _settings_key(floored_job, spec, unfloored)

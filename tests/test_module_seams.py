@@ -113,14 +113,14 @@ def test_one_options_model_makes_the_flags_and_the_job_fields(tmp_path):
     # every option but the cluster's is a job field, in the section its field names, and reaches the run
     changed = {"tiling": {"chunk_px": 4096}, "reading": {"bands": [3, 2, 1], "assume_crs": "EPSG:32636",
                                                           "target_gsd_m": 0.5, "native_resolution": False},
-               "output": {"folder": "o", "building_threshold": 0.35, "separator_threshold": 0.2, "separator_dilate_px": 1, "formats": ["fgb"]},
+               "output": {"folder": "o", "building_threshold": 0.35, "min_confidence": 0.6, "separator_threshold": 0.2, "separator_dilate_px": 1, "formats": ["fgb"]},
                "tta": True, "backend": "unet"}
     job = {"name": "j", "catalog": "cat.json", "cluster": {"kind": "local", "workers": 0}, **changed}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     options = load_job(tmp_path / "job.yaml").run_options()
     assert (options.chunk_px, options.bands, options.assume_crs, options.target_gsd_m) == (4096, [3, 2, 1], "EPSG:32636", 0.5)
     assert (options.separator_threshold, options.separator_dilate_px, options.formats, options.tta) == (0.2, 1, ["fgb"], True)
-    assert options.building_threshold == 0.35
+    assert (options.building_threshold, options.min_confidence) == (0.35, 0.6)
     in_jobs = {f.name for f in run_fields() if f.metadata["job"] is not None}
     assert in_jobs == {f.name for f in run_fields()} - {"workers", "scheduler", "progress"}
     # and is checked as the command line is, the error naming the job field
