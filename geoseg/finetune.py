@@ -20,7 +20,9 @@ the held-out figures before and after). The way pixels become outlines is then c
 too, when it holds at least :data:`MIN_SEPARATOR_POLYGONS` buildings, and written into the card: the building
 threshold on P(building) (:data:`BUILDING_THRESHOLD_CHOICES`; None: the most probable class) and, with a
 separator class, the separator threshold and dilation that split touching buildings (:data:`SEPARATOR_CHOICES`),
-by the sum of building pixel IoU and SpaceNet F1 of the held-out outlines.
+by the sum of building pixel IoU and SpaceNet F1 of the held-out outlines; then, at that setting, the confidence
+floor below which outlines are left out (:data:`MIN_CONFIDENCE_CHOICES`), by their SpaceNet F1 (pixels do not
+change with it).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -171,29 +173,38 @@ MIN_SEPARATOR_POLYGONS = 30
 SEPARATOR_CHOICES = tuple((t, d) for t in (0.05, 0.1, 0.2, 0.3, 0.5) for d in (0, 1, 2, 3))
 #: the building thresholds tried there (P(building) 0-1; None: the most probable class)
 BUILDING_THRESHOLD_CHOICES = (None, 0.4, 0.3, 0.2)
+#: the confidence floors tried there once the others are chosen (mean P(building) 0-1; None: every outline kept)
+MIN_CONFIDENCE_CHOICES = (None, 0.5, 0.6, 0.65, 0.7)
 
 
 @dataclass(frozen=True)
 class OutlineSetting:
-    """How predicted pixels become outlines: the building threshold (None: most probable class) and the
-    separator threshold (0-1) and dilation (px) that split touching buildings."""
+    """How predicted pixels become outlines: the building threshold (None: most probable class), the
+    separator threshold (0-1) and dilation (px) that split touching buildings, and the confidence floor under
+    which an outline is left out (None: none)."""
 
     building_threshold: float | None
     separator_threshold: float
     separator_dilate_px: int
+    min_confidence: float | None = None
 
     @classmethod
     def of(cls, card) -> "OutlineSetting":
-        return cls(card.building_threshold, card.separator_threshold, card.separator_dilate_px)
+        return cls(card.building_threshold, card.separator_threshold, card.separator_dilate_px, card.min_confidence)
 
 
 def outline_choices(card) -> tuple[OutlineSetting, ...]:
     """Every setting :func:`finetune` tries for ``card``'s model, the card's own first."""
     separators = SEPARATOR_CHOICES if card.separator_class is not None else ((card.separator_threshold,
                                                                                 card.separator_dilate_px),)
-    tried = [OutlineSetting(b, t, d) for b in BUILDING_THRESHOLD_CHOICES for t, d in separators]
+    tried = [OutlineSetting(b, t, d, card.min_confidence) for b in BUILDING_THRESHOLD_CHOICES for t, d in separators]
     own = OutlineSetting.of(card)
     return (own, *[c for c in tried if c != own])
+
+
+def floor_choices(setting: OutlineSetting) -> tuple[OutlineSetting, ...]:
+    """``setting`` with each confidence floor :func:`finetune` tries, its own first."""
+    return (setting, *[replace(setting, min_confidence=f) for f in MIN_CONFIDENCE_CHOICES if f != setting.min_confidence])
 
 
 def class_probabilities(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_px: int = 1024) -> np.ndarray:
@@ -209,7 +220,7 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
                            choices: tuple[OutlineSetting, ...], min_area_m2: float = 4.0) -> dict:
     """Building pixel IoU and SpaceNet F1 on the held-out ground for each :class:`OutlineSetting`: pixels as the
     pipeline's stitch stage labels them, buildings traced as its vectorise stage traces them
-    (:func:`geoseg.vectorise.pieces_in_window`, whole image one window) and left out under the card's
+    (:func:`geoseg.vectorise.pieces_in_window`, whole image one window) and left out under the setting's
     ``min_confidence`` as the pipeline does, predicted and reference outlines both kept where their representative
     point is held out; in pixel units. Returns ``{setting: scores}``."""
     from .evaluate import spacenet_scores
@@ -242,7 +253,7 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
                 final, border = pieces_in_window(rasters.labels, rasters.probability, rasters.separator, whole,
                                                  g.grid, g.grid.width + g.grid.height, params)
                 predicted[c] += [p.polygon for p in final + border if p.pixels >= min_px and held(p.polygon)
-                                 and (card.min_confidence is None or p.confidence >= card.min_confidence)]
+                                 and (c.min_confidence is None or p.confidence >= c.min_confidence)]
         to_px = ~g.grid.transform
         for poly in g.polygons.to_crs(g.grid.crs).explode(index_parts=False).geometry:
             px = shapely.affinity.affine_transform(poly, [to_px.a, to_px.b, to_px.d, to_px.e, to_px.c, to_px.f])
@@ -368,8 +379,10 @@ def finetune(images: list[str], labels: str, out: str, base: str | None = None, 
     best = base_setting
     if tried[base_setting]["reference_polygons"] >= MIN_SEPARATOR_POLYGONS:  # the outline settings, fitted here too
         best = max(tried, key=lambda c: (tried[c]["building_iou"] + tried[c]["spacenet_f1"], c == base_setting))
-    card.building_threshold, card.separator_threshold, card.separator_dilate_px = (
-        best.building_threshold, best.separator_threshold, best.separator_dilate_px)
+        tried = holdout_polygon_scores(net, grounds, autocast, floor_choices(best))  # then the floor, by F1
+        best = max(tried, key=lambda c, first=best: (tried[c]["spacenet_f1"], c == first))
+    card.building_threshold, card.separator_threshold, card.separator_dilate_px, card.min_confidence = (
+        best.building_threshold, best.separator_threshold, best.separator_dilate_px, best.min_confidence)
     chosen = tried[best]
     result.after = dict(result.after, spacenet_f1=chosen["spacenet_f1"], **asdict(best),
                         polygons=chosen["reference_polygons"])

@@ -347,8 +347,10 @@ def test_outline_settings_are_scored_on_the_held_out_pixels_the_fit_is_judged_on
     """The pixel IoU the outline choice sees at the most probable class is the held-out IoU that picks the step;
     a lower building threshold finds at least the same building pixels; the card's own setting is tried first."""
     from geoseg.card import resolve_model_path
-    from geoseg.finetune import (OutlineSetting, holdout_polygon_scores, holdout_scores, labelled_ground,
-                                 outline_choices)
+    from dataclasses import replace
+
+    from geoseg.finetune import (OutlineSetting, floor_choices, holdout_polygon_scores, holdout_scores,
+                                 labelled_ground, outline_choices)
     from geoseg.model import load_model
 
     scene, labels = own_ground
@@ -365,3 +367,11 @@ def test_outline_settings_are_scored_on_the_held_out_pixels_the_fit_is_judged_on
     assert scores[argmax]["building_iou"] == pytest.approx(holdout_scores(net, grounds, False)["building_iou"], abs=2e-3)
     assert scores[low]["building_recall"] >= scores[argmax]["building_recall"]
     assert {"spacenet_f1", "building_iou"} <= set(scores[low])
+    # the confidence floor, tried after the rest: the same pixels, only outlines under it left out
+    floors = floor_choices(own)
+    assert floors[0] == own and {f.min_confidence for f in floors} >= {None, 0.5, 0.7}
+    assert {replace(f, min_confidence=own.min_confidence) for f in floors} == {own}
+    every, none_left = (replace(own, min_confidence=None), replace(own, min_confidence=1.0))
+    floored = holdout_polygon_scores(net, grounds, False, (every, none_left))
+    assert floored[every]["building_iou"] == floored[none_left]["building_iou"]
+    assert floored[none_left]["predicted_polygons"] < floored[every]["predicted_polygons"]
