@@ -82,8 +82,8 @@ class RunOptions:
                                               "is building, 0-1 (default: the card's, else the most probable "
                                               "class)", job="output")
     min_confidence: float | None = option(None, "--min-confidence", "drop buildings whose mean P(building) (their "
-                                          "confidence column) is under this, 0-1; the mask keeps them (default: "
-                                          "the card's, else keep all)", job="output")
+                                          "confidence column) is under this, 0-1; the mask keeps them; semantic "
+                                          "backends (default: the card's, else keep all)", job="output")
     separator_threshold: float | None = option(None, "--separator-threshold", "P(separator) that splits touching "
                                                "buildings (models with a separator class; default: the card's)",
                                                job="output")
