@@ -216,25 +216,34 @@ def class_probabilities(net: GeoModel, pixels: np.ndarray, autocast: bool, tile_
     return out
 
 
+def holdout_probabilities(net: GeoModel, grounds: list[LabelledGround], autocast: bool) -> list[np.ndarray]:
+    """Class probabilities of each labelled ground (:func:`class_probabilities`): one forward pass, which every
+    :func:`holdout_polygon_scores` call of the same weights can share."""
+    return [class_probabilities(net, g.pixels, autocast) for g in grounds]
+
+
 def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocast: bool,
-                           choices: tuple[OutlineSetting, ...], min_area_m2: float = 4.0) -> dict:
+                           choices: tuple[OutlineSetting, ...], min_area_m2: float = 4.0,
+                           probabilities: list[np.ndarray] | None = None) -> dict:
     """Building pixel IoU and SpaceNet F1 on the held-out ground for each :class:`OutlineSetting`: pixels as the
     pipeline's stitch stage labels them, buildings traced as its vectorise stage traces them
     (:func:`geoseg.vectorise.pieces_in_window`, whole image one window) and left out under the setting's
     ``min_confidence`` as the pipeline does, predicted and reference outlines both kept where their representative
-    point is held out; in pixel units. Returns ``{setting: scores}``."""
+    point is held out; in pixel units. ``probabilities``: :func:`holdout_probabilities` of these weights, if
+    already computed. Returns ``{setting: scores}``."""
     from .evaluate import spacenet_scores
     from .metrics import building_scores, pixel_counts
     from .stitch import chunk_rasters
-    from .vectorise import VectorParams, pieces_in_window
+    from .vectorise import VectorParams, confident, pieces_in_window
 
     card = net.card
     min_px = min_area_m2 / card.gsd_m ** 2
     predicted: dict = {c: [] for c in choices}
     pixels = {b: np.zeros(3, np.int64) for b in {c.building_threshold for c in choices}}  # tp, fp, fn
     reference = []
-    for g in grounds:
-        probs = class_probabilities(net, g.pixels, autocast)
+    if probabilities is None:
+        probabilities = holdout_probabilities(net, grounds, autocast)
+    for g, probs in zip(grounds, probabilities):
         valid = g.labels != IGNORE
         truth = np.isin(g.labels, [c for c in (card.building_class, card.separator_class) if c is not None])
         scored = valid & g.holdout
@@ -246,14 +255,17 @@ def holdout_polygon_scores(net: GeoModel, grounds: list[LabelledGround], autocas
         for b in pixels:
             rasters = chunk_rasters(probs, valid, card.building_class, card.separator_class, b)
             pixels[b] += pixel_counts(rasters.labels == card.building_class, truth, scored)
-            for c in (c for c in choices if c.building_threshold == b):
-                params = VectorParams(card.building_class, building_threshold=b,
-                                      separator_threshold=c.separator_threshold,
-                                      separator_dilate_px=c.separator_dilate_px)
+            splits = dict.fromkeys((c.separator_threshold, c.separator_dilate_px) for c in choices
+                                   if c.building_threshold == b)
+            for t, d in splits:  # traced once; the settings that differ only in their floor filter the same pieces
+                params = VectorParams(card.building_class, building_threshold=b, separator_threshold=t,
+                                      separator_dilate_px=d)
                 final, border = pieces_in_window(rasters.labels, rasters.probability, rasters.separator, whole,
                                                  g.grid, g.grid.width + g.grid.height, params)
-                predicted[c] += [p.polygon for p in final + border if p.pixels >= min_px and held(p.polygon)
-                                 and (c.min_confidence is None or p.confidence >= c.min_confidence)]
+                kept = [p for p in final + border if p.pixels >= min_px and held(p.polygon)]
+                for c in choices:
+                    if (c.building_threshold, c.separator_threshold, c.separator_dilate_px) == (b, t, d):
+                        predicted[c] += [p.polygon for p in kept if confident(p, c.min_confidence)]
         to_px = ~g.grid.transform
         for poly in g.polygons.to_crs(g.grid.crs).explode(index_parts=False).geometry:
             px = shapely.affinity.affine_transform(poly, [to_px.a, to_px.b, to_px.d, to_px.e, to_px.c, to_px.f])
@@ -375,11 +387,13 @@ def finetune(images: list[str], labels: str, out: str, base: str | None = None, 
                  recipe=recipe, progress=progress)
     result.before = dict(result.before, spacenet_f1=base_f1)
     card = net.card
-    tried = holdout_polygon_scores(net, grounds, autocast, outline_choices(card))
+    probabilities = holdout_probabilities(net, grounds, autocast)  # of the fitted weights: both choices use them
+    tried = holdout_polygon_scores(net, grounds, autocast, outline_choices(card), probabilities=probabilities)
     best = base_setting
     if tried[base_setting]["reference_polygons"] >= MIN_SEPARATOR_POLYGONS:  # the outline settings, fitted here too
         best = max(tried, key=lambda c: (tried[c]["building_iou"] + tried[c]["spacenet_f1"], c == base_setting))
-        tried = holdout_polygon_scores(net, grounds, autocast, floor_choices(best))  # then the floor, by F1
+        tried = holdout_polygon_scores(net, grounds, autocast, floor_choices(best),  # then the floor, by F1
+                                       probabilities=probabilities)
         best = max(tried, key=lambda c, first=best: (tried[c]["spacenet_f1"], c == first))
     card.building_threshold, card.separator_threshold, card.separator_dilate_px, card.min_confidence = (
         best.building_threshold, best.separator_threshold, best.separator_dilate_px, best.min_confidence)

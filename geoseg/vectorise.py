@@ -99,6 +99,12 @@ class Piece:
         return round(self.probability_sum / self.pixels / 255.0, 4)
 
 
+def confident(piece: Piece, min_confidence: float | None) -> bool:
+    """Whether a building stays under the floor ``min_confidence`` (None: every one does), judged on the value its
+    ``confidence`` column holds, so that a user's own filter of that column agrees."""
+    return min_confidence is None or piece.confidence >= min_confidence
+
+
 def _window_pieces(labels: np.ndarray, count: int, prob: np.ndarray, offset: Affine, index: int) -> dict[int, Piece]:
     """Pieces of one labelled window (or of the part of it that holds buildings, placed by ``offset``), keyed by
     label. Probability sums and pixel counts by ``bincount`` over the building pixels (the float64 sums
@@ -390,13 +396,8 @@ def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, params: Vecto
     ``order_keys``: also the columns ``top_px`` and ``left_px`` (that pixel, before simplification), by which
     a chunked run orders the polygons of several chunks.
     """
-    pieces = sorted(pieces, key=piece_order)
-    confidence = [p.confidence for p in pieces]
-    if params.min_confidence is not None:  # on the value the column holds: a user's own filter of it agrees
-        kept = [c >= params.min_confidence for c in confidence]
-        pieces = [p for p, k in zip(pieces, kept) if k]
-        confidence = [c for c, k in zip(confidence, kept) if k]
-    columns = {"confidence": confidence}
+    pieces = sorted((p for p in pieces if confident(p, params.min_confidence)), key=piece_order)
+    columns = {"confidence": [p.confidence for p in pieces]}
     if order_keys:
         columns |= {"top_px": [int(piece_order(p)[0]) for p in pieces], "left_px": [int(piece_order(p)[1]) for p in pieces]}
     return georeference([p.polygon for p in pieces], columns, grid, gsd_m, params, metric)[0]

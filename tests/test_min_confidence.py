@@ -55,7 +55,7 @@ def test_a_run_with_a_floor_has_the_same_mask_and_the_unfloored_polygons_over_it
     assert floored.details["min_confidence"] == floor and every.details["min_confidence"] == 0.0
 
 
-def test_the_default_card_floor_is_used_unless_the_run_sets_one(tmp_path, fast_options):
+def test_a_run_without_a_floor_of_its_own_uses_the_card_one(tmp_path, fast_options):
     card = ModelCard.from_json(resolve_model_path(None).with_suffix(".json"))
     scene = generate_scene(tmp_path / "scene.tif", size_px=256, seed=4)
     summary = run_scene(scene, tmp_path / "out", fast_options)
