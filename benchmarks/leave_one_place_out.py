@@ -88,6 +88,11 @@ def sample_scenes(scenes: list, max_mpx: float | None) -> list:
     return sorted(picked, key=lambda s: s.name)
 
 
+def variant_folder(variant: str) -> str:
+    """The folder under OUT/PLACE/runs/ where a ``--run`` variant's scenes go ("" : the recipe's own, ``recipe``)."""
+    return variant.replace("=", "-").replace(",", "_") if variant else "recipe"
+
+
 def setting_value(text: str):
     """A ``--set``/``--run`` value as YAML reads it, except that a number YAML 1.1 leaves a string (``3e-5``: it
     wants ``3.0e-5``) is a number."""
@@ -157,7 +162,7 @@ def main() -> None:
         for variant in args.run:
             options = {k: setting_value(v) for k, v in (item.split("=", 1) for item in variant.split(","))}
             row[f"recipe {variant}"] = score(str(fold / "best.safetensors"), regions,
-                                             out / place / "runs" / variant.replace("=", "-").replace(",", "_"), options)
+                                             out / place / "runs" / variant_folder(variant), options)
         for model in args.compare:
             row[model] = score(model, regions, out / place / "runs" / Path(model).stem)
             row[model]["seen"] = place in seen_places(model)

@@ -31,13 +31,12 @@ import pyogrio
 from geoseg.config import load_config, source_place
 from geoseg.evaluate import evaluate, pool
 from geoseg.regions import validation_regions
+from leave_one_place_out import variant_folder  # benchmarks/, the script's own folder
 
 
 def run_folder(report_path: Path, place: str, column: str) -> Path:
-    """Where ``leave_one_place_out.py`` ran ``column`` for ``place``: OUT/PLACE/runs/recipe or /KEY-VALUE_...."""
-    variant = column.removeprefix("recipe").strip()
-    name = variant.replace("=", "-").replace(",", "_") if variant else "recipe"
-    return report_path.parent / place / "runs" / name
+    """Where ``leave_one_place_out.py`` ran ``column`` ("recipe" or "recipe VARIANT") for ``place``."""
+    return report_path.parent / place / "runs" / variant_folder(column.removeprefix("recipe").strip())
 
 
 def scores_with_floors(regions: list[tuple[Path, Path]], runs: Path, floors: list[float]) -> dict[float, dict]:
