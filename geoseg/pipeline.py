@@ -322,7 +322,9 @@ def one_line_error(err: Exception) -> str:
 def run_workers(scenes: list, opts: RunOptions, backend: Backend | None = None) -> int | None:
     """``--workers`` for a run of these scenes: as given, except that with it unset (one per core) a run of fewer
     than :data:`CLUSTER_MIN_TILES` tiles in all runs in-process (starting worker processes, each importing torch
-    and loading the model, costs more than such a run: issue 17)."""
+    and loading the model, costs more than such a run: issue 17). Resolves the model first, so that a model, gate
+    or pre-gate that cannot be used is refused before any cluster starts (one line, nothing else on stderr)."""
+    resolve_model(opts, backend)
     if opts.workers is not None or opts.scheduler is not None:
         return opts.workers
     tiles = 0

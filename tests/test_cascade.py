@@ -216,6 +216,20 @@ def test_cascade_flag_errors_on_the_command_line(tmp_path):
     assert result.returncode != 0 and "--gate" in result.stderr
 
 
+def test_a_model_the_run_cannot_use_is_refused_before_a_cluster_starts(tmp_path):
+    """With --workers given, the choice of cluster used to skip resolving the model: a missing pre-gate was found
+    after two workers had started, and their close often printed a traceback under the one-line error."""
+    from geoseg.pipeline import RunOptions, run_workers
+
+    path, sha = small_model(tmp_path)
+    scene = write_scene(tmp_path / "scene.tif", np.zeros((3, 64, 64), np.uint8) + 100)
+    Gate(sha, 512, [ChannelRule(0, -1e9, True)]).to_json(gate_path(path))
+    for workers in (None, 0, 2):
+        with pytest.raises(GeosegError, match="no pre-gate"):
+            run_workers([str(scene)], RunOptions(model=str(path), backend="bgs", cascade=True, workers=workers))
+    assert run_workers([str(scene)], RunOptions(model=str(path), backend="bgs", workers=2)) == 2
+
+
 def test_threshold_tiles_are_whole_scenes_or_the_bottom_of_a_lone_scene():
     places = np.array(["a"] * 8 + ["b"] * 3)
     scenes = np.array(["a1", "a1", "a2", "a3", "a4", "a4", "a5", "a6", "b1", "b1", "b1"])
