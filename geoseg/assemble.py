@@ -9,7 +9,7 @@
   and appended to every vector file: GeoPackage and Shapefile by OGR append, GeoParquet as one row group per
   chunk, GeoJSON (EPSG:4326, RFC 7946) as features written on. The preview is drawn the same way.
 * **Instances** (instance models): the kept instances of all chunks make the polygons and the instance raster
-  (:func:`geoseg.vectorise.instances_to_frame`, :func:`write_instance_raster`); they are one per building, small,
+  (:func:`geoseg.georeference.instances_to_frame`, :func:`write_instance_raster`); they are one per building, small,
   and read once.
 """
 
@@ -29,7 +29,8 @@ from .overviews import level_chunk, level_grid
 from .read import Grid, SceneReader
 from .stitch import MASK_NODATA
 from .staging import FinishResults, SceneWork, VectorsWritten, load_instances, load_pieces, piece_path
-from .vectorise import instances_to_frame, merge_border_pieces, pieces_to_frame
+from .georeference import instances_to_frame, pieces_to_frame
+from .vectorise import merge_border_pieces
 from .formats import REGISTRY
 from .write import Preview, write_cog
 

@@ -7,7 +7,7 @@ a class raster (+ optional polygons). The reference is a vector file (any CRS) o
   nearest neighbour (raster) onto it; pixels that are nodata in the prediction or unknown in the reference
   are left out.
 * SpaceNet metric: predicted and reference polygons in one metric CRS (the scene's own if UTM, else a Lambert
-  azimuthal equal-area CRS centred on the scene: see ``geoseg.vectorise.scene_metric_crs``), reference
+  azimuthal equal-area CRS centred on the scene: see ``geoseg.georeference.scene_metric_crs``), reference
   polygons cut to the prediction's footprint and limited to those whose representative point falls on a valid
   prediction pixel; polygons of either side under ``min_area_m2`` (default 4, as ``geoseg run``) are left out; pairs are matched
   one-to-one, greedily by decreasing IoU, and a match needs IoU >= 0.5. Precision = matches / predictions,
@@ -38,7 +38,7 @@ from .metrics import building_scores, pixel_counts
 from .read import Grid
 from .stitch import MASK_NODATA
 from .trace import label_polygons
-from .vectorise import scene_metric_crs
+from .georeference import scene_metric_crs
 
 VECTOR_SUFFIXES = (".gpkg", ".parquet", ".geojson", ".shp", ".json", ".fgb")
 MATCH_IOU = 0.5

@@ -41,7 +41,8 @@ from .overviews import chunk_local_factors
 from .staging import STAGING_PREFIX, ChunkResult, FinishResults, Measured, SceneWork, close_output, prepare_output
 from .tasks import predict_batch, process_chunk, with_rss
 from .tile import owned_areas, tile_grid
-from .vectorise import VectorParams, scene_metric_crs
+from .georeference import scene_metric_crs
+from .vectorise import VectorParams
 from .write import publish, scene_folder_names
 
 #: fewer tiles than this in a whole run: no LocalCluster (starting one costs more than the tiles; issue 17)

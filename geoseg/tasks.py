@@ -26,7 +26,8 @@ from .read import SceneReader
 from .staging import BatchStats, ChunkResult, Instance, Measured, SceneWork, dump_instances, dump_pieces, piece_path
 from .stitch import MASK_NODATA, TilePrediction, blend_chunk, chunk_rasters, write_piece
 from .tile import Tile
-from .vectorise import pieces_in_window, pieces_to_frame, windows_of
+from .georeference import pieces_to_frame
+from .vectorise import pieces_in_window, windows_of
 
 
 @dataclass(frozen=True)

@@ -347,7 +347,7 @@ def test_one_split_building_does_not_undo_the_others():
 
 def test_invalid_outlines_are_repaired_before_they_are_written():
     from geoseg.read import Grid
-    from geoseg.vectorise import georeference
+    from geoseg.georeference import georeference
 
     bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
     grid = Grid(rasterio.crs.CRS.from_epsg(32636).to_wkt(), rasterio.Affine(0.3, 0, 452_000, 0, -0.3, 40_000), 64, 64)

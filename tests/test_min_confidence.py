@@ -16,7 +16,8 @@ from geoseg.demo import generate_scene
 from geoseg.errors import GeosegError
 from geoseg.pipeline import run_scene
 from geoseg.read import Grid
-from geoseg.vectorise import Piece, VectorParams, pieces_to_frame
+from geoseg.georeference import pieces_to_frame
+from geoseg.vectorise import Piece, VectorParams
 
 GRID = Grid(rasterio.crs.CRS.from_epsg(32633).to_wkt(), Affine(0.5, 0, 500000, 0, -0.5, 1000000), 100, 100)
 

@@ -12,7 +12,8 @@ from affine import Affine
 
 from geoseg.pipeline import run_scene
 from geoseg.read import Grid
-from geoseg.vectorise import VectorParams, merge_border_pieces, building_pieces, pieces_to_frame
+from geoseg.georeference import pieces_to_frame
+from geoseg.vectorise import VectorParams, merge_border_pieces, building_pieces
 
 from conftest import PixelBackend, write_scene
 
@@ -153,7 +154,7 @@ def test_polygons_are_georeferenced_exactly_as_shapely_would_one_by_one():
     import shapely
     from affine import Affine
 
-    from geoseg.vectorise import _to_grid_crs
+    from geoseg.georeference import _to_grid_crs
 
     t = Affine(0.29999999, 0.0, 500123.123, 0.0, -0.30000001, 8387969.987)
     polygons = [shapely.box(i, 2 * i, i + 3.5, 2 * i + 7) for i in range(50)]
