@@ -33,12 +33,12 @@ class LocalSpec(Strict):
             return
         from distributed import Client, LocalCluster
 
-        from .quick_exit import ExitAtClose
+        from .quick_exit import ExitAtClose, quiet_batched_close
 
         n = self.workers or os.cpu_count() or 1
         # dashboard ":0": any free port for the scheduler's HTTP server (None still binds 8787, and warns on stderr
         # when another cluster holds it)
-        with worker_environment(), \
+        with worker_environment(), quiet_batched_close(), \
                 LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             client.run(_limit_torch_threads)
