@@ -40,7 +40,7 @@ from .errors import GeosegError
 from .gate import gate_path, pregate_path
 from .pregate import PreGate
 from .model import GeoModel, load_model, save_model, use_bf16
-from .read import open_scene
+from .scene import open_scene
 from .tile import tile_grid
 
 #: pixels whose top class probability is at least this become pseudo-labels (the probe: 0.9 labels 55-90 %)

@@ -46,7 +46,7 @@ from .gate import gate_path, pregate_path
 from .job import Job
 from .options import DEFAULTS, run_fields
 from .lock import FileLock
-from .read import check_file
+from .scene import check_file
 from .pipeline import STAGING_PREFIX, SceneOutcome, one_line_error, run_scenes
 from .write import safe_folder_name
 

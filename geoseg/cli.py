@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     work (scenes sharing a file name get their parent folders' names appended: ``OUT/scene-a``, ``OUT/scene-b``)."""
     from .cluster import dask_client
     from .pipeline import run_scenes, run_workers
-    from .read import check_file
+    from .scene import check_file
     from .write import scene_folder_names
 
     opts = _options(args)

@@ -3,7 +3,7 @@
 Every source becomes :class:`LabelledScene` objects held in memory (the real data sets here are a few tens of
 megapixels at the training GSD): ``pixels`` float32 (3, h, w) in [0, 1] from the scene stretch that
 ``geoseg run`` applies, and ``labels`` uint8 (h, w) class indices with :data:`IGNORE` for nodata and unlabelled
-pixels. Georeferenced sources are resampled to ``gsd_m`` with :func:`geoseg.read.open_scene`, so training sees
+pixels. Georeferenced sources are resampled to ``gsd_m`` with :func:`geoseg.scene.open_scene`, so training sees
 exactly what inference will see.
 
 Source kinds:
@@ -43,7 +43,8 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from .errors import GeosegError
-from .read import Grid, ground_gsd_m, open_scene, scene_stretch, stretch
+from .read import Grid, scene_stretch, stretch
+from .scene import ground_gsd_m, open_scene
 
 IGNORE = 255
 #: Dubai mask colours -> class index of the land-cover model; other colours (unlabelled) are ignored.

@@ -49,7 +49,8 @@ from .datasets import IGNORE, LabelledScene, building_labels, polygons_on_grid, 
 from .errors import GeosegError
 from .losses import training_loss
 from .model import GeoModel, load_model, save_model, use_bf16
-from .read import Grid, open_scene
+from .read import Grid
+from .scene import open_scene
 from .train import CropSampler, tiled_logits, validate
 
 HOLDOUT_FRACTION = 0.2

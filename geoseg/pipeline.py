@@ -35,7 +35,8 @@ from .probes import peak_rss_mb
 from .errors import GeosegError
 from .formats import REGISTRY, wgs84_only
 from .options import RunOptions
-from .read import SceneFacts, SceneReader, is_local_crs, open_scene
+from .read import SceneReader
+from .scene import SceneFacts, is_local_crs, open_scene
 from .summary import RunSummary, SceneDone, scene_summary
 from .overviews import chunk_local_factors
 from .staging import STAGING_PREFIX, ChunkResult, FinishResults, Measured, SceneWork, close_output, prepare_output
@@ -357,7 +358,7 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
 
 def _tile_count(scene, opts: RunOptions, backend: Backend | None) -> int:
     """Tiles of a scene as a run would cut it (0 where it cannot be opened: the run reports why)."""
-    from .read import scene_grid
+    from .scene import scene_grid
 
     try:
         card = resolve_model(opts, backend).card

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .read import SceneFacts
+from .scene import SceneFacts
 from .staging import BatchStats, ChunkResult, FinishResults, SceneWork
 
 if TYPE_CHECKING:

@@ -108,7 +108,8 @@ def _secret_overview(tmp_path: Path) -> tuple[Path, bytes]:
 
 
 def test_an_overview_sidecar_is_not_read(tmp_path):
-    from geoseg.read import open_raster, open_scene
+    from geoseg.read import open_raster
+    from geoseg.scene import open_scene
 
     scene, secret = _secret_overview(tmp_path)
     with open_raster(str(scene)) as src:

@@ -7,7 +7,7 @@ from affine import Affine
 
 from geoseg.errors import GeosegError, SceneTooCoarseError
 from geoseg.pipeline import run_scene
-from geoseg.read import ground_gsd_m, open_scene
+from geoseg.scene import ground_gsd_m, open_scene
 from geoseg.stitch import MASK_NODATA
 from rasterio.crs import CRS
 
@@ -114,7 +114,7 @@ def test_single_band_is_repeated_and_band_choice_validated(tmp_path, fast_option
 def test_overview_of_a_file_without_overviews_is_read_in_strips_exactly_as_gdal_decimates(tmp_path):
     """The strip-wise overview (bounded memory on big scenes) picks the pixels of GDAL's nearest-neighbour read,
     nodata and NaN included, for tiled and striped files and bands in any order."""
-    from geoseg.read import open_scene
+    from geoseg.scene import open_scene
 
     rng = np.random.default_rng(3)
     data = rng.normal(100, 30, (3, 700, 530)).astype(np.float32)

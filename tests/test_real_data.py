@@ -6,7 +6,7 @@ import rasterio
 
 from geoseg.errors import SceneTooCoarseError
 from geoseg.pipeline import RunOptions, run_scene
-from geoseg.read import MAX_UPSAMPLE, ground_gsd_m
+from geoseg.scene import MAX_UPSAMPLE, ground_gsd_m
 from geoseg.stitch import MASK_NODATA
 
 from conftest import SHARED_DATA, needs_shared_data

@@ -40,7 +40,7 @@ def border_and_interior_error(unet_and_scene, out_name) -> tuple[float, float]:
     opts = RunOptions(workers=0, model=weights, tile_px=TILE_PX, overlap_px=OVERLAP_PX, progress=False)
     summary = run_scene(scene, root / out_name, opts)
     backend = load_backend(BackendSpec(model=weights))
-    from geoseg.read import open_scene
+    from geoseg.scene import open_scene
 
     reader = open_scene(scene, model_gsd_m=0.3, n_model_bands=3).reader
     pixels, _ = reader.read_tile(Window(0, 0, SIZE_PX, SIZE_PX))
