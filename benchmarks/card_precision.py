@@ -48,7 +48,7 @@ def measure(model: str, precisions: list[str]) -> dict:
     path = resolve_model_path(model)
     card = ModelCard.from_json(path.with_suffix(".json"))
     config = TrainConfig.model_validate(card.training["config_values"])
-    scenes = [s for s in load_scenes(config, DATA.resolve()) if s.split == "val"]
+    scenes = load_scenes(config, DATA.resolve(), "val")
     net, _ = load_model(str(path))
     net.card.policy_thresholds = {}  # SegBlocks: validated in training with the top tau of each tile's blocks
     out = {}

@@ -26,6 +26,6 @@ net, _ = load_model(args.model)
 for gsd_m in [float(g) for g in args.gsds_m.split(",")]:
     started = time.perf_counter()
     one = config.model_copy(update={"sources": [dubai.model_copy(update={"assumed_gsd_m": gsd_m})]})
-    pooled, _ = validate(net, [s for s in load_scenes(one, root) if s.split == "val"], bf16_is_fast())
+    pooled, _ = validate(net, load_scenes(one, root, "val"), bf16_is_fast())
     print(f"assumed {gsd_m} m: building IoU {pooled['building_iou']:.3f} precision {pooled['building_precision']:.3f} "
           f"recall {pooled['building_recall']:.3f} ({pooled['pixels'] / 1e6:.1f} Mpx, {time.perf_counter() - started:.0f} s)")

@@ -94,7 +94,7 @@ def main() -> None:
         config = config.model_copy(update={"gsd_m": card.gsd_m})
         own = config.classes == card.classes
         truth_building = config.building_classes
-        for scene in (s for s in load_scenes(config, root) if s.split == "val"):
+        for scene in load_scenes(config, root, "val"):
             for pixels, labels in scene_tiles(scene, args.tile_px, args.overlap_px):
                 h, w = labels.shape
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):

@@ -138,7 +138,7 @@ def validation_side() -> tuple[dict[str, LabelledScene], list[LabelledScene], di
     (DUBAI_CLASSES) by scene name on the same grid."""
     config, root = load_config(CONFIG)
     towns = [src for src in config.sources if src.kind == "geotiff" and source_place(src) in ("banepa", "atlanta")]
-    scenes = {s.name: s for s in load_scenes(config.model_copy(update={"sources": towns}), root) if s.split == "val"}
+    scenes = {s.name: s for s in load_scenes(config.model_copy(update={"sources": towns}), root, "val")}
     for s in scenes.values():
         s.labels = np.where(s.labels == IGNORE, IGNORE, s.labels > 0).astype(np.uint8)
     src = next(src for src in config.sources if src.kind == "dubai")
@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=7, help="cells per side (512 px each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--building-cells", type=int, default=None,
-                        help=f"cells with buildings (default {BUILDING_CELL_SHARE:.0%} of them: 5 of 49); 1 or 2 "
+                        help=f"cells with buildings (default {BUILDING_CELL_SHARE * 100:.0f}%% of them: 5 of 49); 1 or 2 "
                              "give the rural case, the towns' held-out rows only")
     parser.add_argument("--empty-only", action="store_true", help="cells without buildings hold no building pixel "
                         "at all (Dubai windows may then overlap by 3/4): the rural case")

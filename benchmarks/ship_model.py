@@ -36,7 +36,7 @@ if "--last" in sys.argv:
     config = TrainConfig.model_validate(card["training"]["config_values"])
     _, root = load_config(card["training"]["config"])
     autocast = card["training"].get("bf16_autocast", False) and bf16_is_fast()
-    pooled, per_scene = validate(net, [s for s in load_scenes(config, root) if s.split == "val"], autocast)
+    pooled, per_scene = validate(net, load_scenes(config, root, "val"), autocast)
     net.card.metrics = {"validation": {"epoch": history[-1]["epoch"], **pooled}, "validation_per_scene": per_scene}
     net.card.training |= {"epochs_run": history[-1]["epoch"], "seconds": history[-1]["seconds"]}  # not the best epoch's
     save_model(net, target.with_suffix(".safetensors"))

@@ -38,7 +38,7 @@ def main() -> None:
     net.set_score_threshold(min(THRESHOLDS))  # the card's own threshold would hide lower ones
     card = net.card
     config, root = load_config(args.config)
-    tiles = [t for s in load_scenes(config, root) if s.split == "train" for t in scene_tiles(s, 512)]
+    tiles = [t for s in load_scenes(config, root, "train") for t in scene_tiles(s, 512)]
     rng = np.random.default_rng(0)
     pick = rng.choice(len(tiles), size=min(args.tiles, len(tiles)), replace=False)
     counts = {t: np.zeros(3, np.int64) for t in THRESHOLDS}  # tp, fp, fn
@@ -65,7 +65,7 @@ def main() -> None:
                                                                "building_iou": {f"{t:g}": round(v, 4) for t, v in iou.items()}}
         path.write_text(json.dumps(data, indent=2) + "\n")
         net, _ = load_model(args.model)
-        pooled, per_scene = validate(net, [s for s in load_scenes(config, root) if s.split == "val"],
+        pooled, per_scene = validate(net, load_scenes(config, root, "val"),
                                      data["training"].get("bf16_autocast", False) and bf16_is_fast())
         data["metrics"] = {"validation": {"epoch": data["metrics"]["validation"]["epoch"], **pooled},
                            "validation_per_scene": per_scene}

@@ -115,7 +115,7 @@ def tile_batches(net: GeoModel, configs: list[tuple[TrainConfig, Path]], split: 
     found = False
     for config, root in configs:
         config = config.model_copy(update={"gsd_m": net.card.gsd_m})
-        for scene in (s for s in load_scenes(config, root) if s.split == split):
+        for scene in load_scenes(config, root, split):
             tiles = list(scene_tiles(scene, tile_px, overlap_px))  # all of one size: the grid moves the last tile back
             for start in range(0, len(tiles), _BATCH_TILES):
                 batch = tiles[start : start + _BATCH_TILES]

@@ -116,11 +116,15 @@ def _with_base(raw: dict, path: Path) -> None:
         raw.setdefault(key, value)
 
 
-def load_scenes(config: TrainConfig, root: Path) -> list[LabelledScene]:
-    """Every source's scenes on the training grid (:mod:`geoseg.sources`), each told its place."""
+def load_scenes(config: TrainConfig, root: Path, split: str | None = None) -> list[LabelledScene]:
+    """Every source's scenes on the training grid (:mod:`geoseg.sources`), each told its place; ``split``: only the
+    scenes of that split, and sources that hold none of it are not read (:meth:`SourceBase.only`)."""
     scenes: list[LabelledScene] = []
     for src in config.sources:
-        loaded = src.load(config, root)
+        reader = src if split is None else src.only(split)
+        if reader is None:
+            continue
+        loaded = [s for s in reader.load(config, root) if split is None or s.split == split]
         for scene in loaded:
             scene.place = source_place(src)
         scenes += loaded

@@ -53,7 +53,7 @@ def scene_named(config: TrainConfig, name: str) -> list:
     all-places configs hold 200+ Mpx that this check does not need)."""
     for source in config.sources:
         one = config.model_copy(update={"sources": [source]})
-        found = [s for s in load_scenes(one, SHARED_DATA.resolve()) if s.name == name]
+        found = [s for s in load_scenes(one, SHARED_DATA.resolve(), "val") if s.name == name]
         if found:
             return found
     return []

@@ -165,3 +165,27 @@ def test_negatives_are_background_where_imaged_and_unknown_where_not(tmp_path):
     assert abs(b.labels.shape[0] - 15) <= 1 and abs(b.labels.shape[1] - 40) <= 1  # resampled to 0.3 m like any scene
     with pytest.raises(GeosegError, match="no GeoTIFFs"):
         negatives_source(str(tmp_path / "empty"), 0.3)
+
+
+@needs_shared_data()
+def test_reading_one_split_skips_what_holds_none_of_it_and_gives_the_same_scenes():
+    """``load_scenes(..., "val")`` (calibration tables, the card checks) reads Dubai's validation tiles alone and no
+    source that holds only training scenes; its scenes are those of the full load, pixel for pixel."""
+    from geoseg.config import load_scenes
+
+    config = TrainConfig.model_validate({
+        "name": "t", "classes": ["background", "building"], "building_class": 1, "gsd_m": 1.0, "sources": [
+            {"kind": "chips", "images": "buildings/kampala/chips", "masks": "buildings/kampala/masks"},
+            {"kind": "chips", "images": "buildings/kampala/val-chips", "masks": "buildings/kampala/val-masks",
+             "split": "val"},
+            {"kind": "dubai", "root": "landcover/dubai", "assumed_gsd_m": 0.5, "buildings_only": True,
+             "val_tiles": ["tile_3"]},
+            {"kind": "negatives", "images": "negatives/neon_plots"}]})
+    assert [s.only("val") is None for s in config.sources] == [True, False, False, True]
+    assert [s.only("train") is None for s in config.sources] == [False, True, False, False]
+    root = SHARED_DATA.resolve()
+    val = load_scenes(config, root, "val")
+    full = [s for s in load_scenes(config, root) if s.split == "val"]
+    assert [s.name for s in val] == [s.name for s in full] and any(s.name.startswith("dubai/tile_3/") for s in val)
+    assert all(np.array_equal(a.pixels, b.pixels) and np.array_equal(a.labels, b.labels) and a.place == b.place
+               for a, b in zip(val, full))

@@ -14,7 +14,7 @@ import rasterio
 import shapely
 from rasterio.merge import merge
 
-from .base import SourceBase, at
+from .base import SourceBase, at, fixed_split
 
 
 class ChipsSource(SourceBase):
@@ -32,6 +32,9 @@ class ChipsSource(SourceBase):
         return chips_source(at(root, self.images), at(root, self.masks), config.gsd_m, split=self.split,
                             exclude_overlap_with=at(root, self.exclude_overlap_with), labels=at(root, self.labels),
                             separator_class=config.separator_class, distinct_ground=self.distinct_ground)
+
+    def splits(self) -> frozenset[str]:
+        return fixed_split(self.split)
 
     def regions(self, config, root: Path, out: Path, split: str) -> list[tuple[Path, Path]]:
         from ..datasets import chips_of_distinct_ground, chips_sharing_no_ground

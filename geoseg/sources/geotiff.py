@@ -11,7 +11,7 @@ import rasterio
 from pydantic import Field
 from rasterio.windows import Window
 
-from .base import SourceBase, at
+from .base import SourceBase, at, fixed_split
 
 
 class GeotiffSource(SourceBase):
@@ -29,6 +29,9 @@ class GeotiffSource(SourceBase):
         return geotiff_source(at(root, self.image), config.gsd_m, labels=at(root, self.labels), mask=at(root, self.mask),
                               val_fraction=self.val_fraction, gap_px=self.gap_px,
                               separator_class=config.separator_class, split=self.split)
+
+    def splits(self) -> frozenset[str]:
+        return fixed_split(self.split)  # with a split, val_fraction is unused
 
     def regions(self, config, root: Path, out: Path, split: str) -> list[tuple[Path, Path]]:
         """The validation rows (``"val"``), the training rows before the gap (``"train"``) or the whole image

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import SourceBase, at
+from .base import SourceBase, at, fixed_split
 
 
 class ImageMaskSource(SourceBase):
@@ -26,3 +26,6 @@ class ImageMaskSource(SourceBase):
 
         return image_mask_source(at(root, self.image), at(root, self.mask), config.gsd_m, self.native_gsd_m,
                                  split=self.split, val_fraction=self.val_fraction, gap_px=self.gap_px)
+
+    def splits(self) -> frozenset[str]:
+        return fixed_split(self.split, self.val_fraction)

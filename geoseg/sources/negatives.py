@@ -19,5 +19,8 @@ class NegativesSource(SourceBase):
 
         return negatives_source(at(root, self.images), config.gsd_m)
 
+    def splits(self) -> frozenset[str]:
+        return frozenset({"train"})  # building-free ground is for training only
+
     def regions(self, config, root: Path, out: Path, split: str) -> list[tuple[Path, Path]]:
         return []

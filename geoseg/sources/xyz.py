@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import SourceBase, at
+from .base import SourceBase, at, fixed_split
 
 
 class XYZSource(SourceBase):
@@ -26,3 +26,6 @@ class XYZSource(SourceBase):
 
         return xyz_source(at(root, self.tiles_csv), self.zoom, at(root, self.labels), config.gsd_m, split=self.split,
                           val_fraction=self.val_fraction, gap_px=self.gap_px, separator_class=config.separator_class)
+
+    def splits(self) -> frozenset[str]:
+        return fixed_split(self.split, self.val_fraction)
