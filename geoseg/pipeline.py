@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .assemble import finishing_steps, save_preview_base
 from .backends import Backend, RunModel, describe_backend, spec_for
 from .architectures import yields_instances
+from .card import ModelCard
 from .chunk import ChunkPlan, plan_chunks, window_px_for
 from .cluster import dask_client, runner_for
 from .probes import peak_rss_mb
@@ -326,12 +327,12 @@ def run_workers(scenes: list, opts: RunOptions, backend: Backend | None = None) 
     than :data:`CLUSTER_MIN_TILES` tiles in all runs in-process (starting worker processes, each importing torch
     and loading the model, costs more than such a run: issue 17). Resolves the model first, so that a model, gate
     or pre-gate that cannot be used is refused before any cluster starts (one line, nothing else on stderr)."""
-    resolve_model(opts, backend)
+    card = resolve_model(opts, backend).card
     if opts.workers is not None or opts.scheduler is not None:
         return opts.workers
     tiles = 0
     for scene in scenes:
-        tiles += _tile_count(scene, opts, backend)
+        tiles += _tile_count(scene, opts, card)
         if tiles >= CLUSTER_MIN_TILES:
             return None
     return 0
@@ -356,12 +357,12 @@ def run_scene(scene: str | os.PathLike, out_dir: str | os.PathLike, options: Run
     raise GeosegError(f"{scene}: no result")  # unreachable: run_scenes yields once per scene
 
 
-def _tile_count(scene, opts: RunOptions, backend: Backend | None) -> int:
-    """Tiles of a scene as a run would cut it (0 where it cannot be opened: the run reports why)."""
+def _tile_count(scene, opts: RunOptions, card: ModelCard) -> int:
+    """Tiles of a scene as a run of ``card``'s model would cut it (0 where it cannot be opened: the run reports
+    why)."""
     from .scene import scene_grid
 
     try:
-        card = resolve_model(opts, backend).card
         grid = scene_grid(scene, card.gsd_m, opts.target_gsd_m, opts.native_resolution, opts.assume_crs)
     except GeosegError:
         return 0
