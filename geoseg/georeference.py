@@ -115,10 +115,11 @@ def pieces_to_frame(pieces: list[Piece], grid: Grid, gsd_m: float, params: Vecto
     ``order_keys``: also the columns ``top_px`` and ``left_px`` (that pixel, before simplification), by which
     a chunked run orders the polygons of several chunks.
     """
-    pieces = sorted((p for p in pieces if confident(p, params.min_confidence)), key=piece_order)
+    keyed = sorted((piece_order(p), i, p) for i, p in enumerate(pieces) if confident(p, params.min_confidence))
+    pieces = [p for _, _, p in keyed]
     columns = {"confidence": [p.confidence for p in pieces]}
-    if order_keys:
-        columns |= {"top_px": [int(piece_order(p)[0]) for p in pieces], "left_px": [int(piece_order(p)[1]) for p in pieces]}
+    if order_keys:  # each piece's bounds read once, for its order and these columns
+        columns |= {"top_px": [int(top) for (top, _), _, _ in keyed], "left_px": [int(left) for (_, left), _, _ in keyed]}
     return georeference([p.polygon for p in pieces], columns, grid, gsd_m, params, metric)[0]
 
 
