@@ -34,7 +34,8 @@ from bench_gate import run
 from bench_realtime import cpu_name
 from geoseg.formats import DEFAULT_FORMATS
 from geoseg.model import bf16_is_fast
-from geoseg.pipeline import CLUSTER_MIN_TILES
+from geoseg.options import RunOptions
+from geoseg.pipeline import run_workers
 from geoseg.tile import tile_grid
 
 
@@ -56,8 +57,9 @@ def building_tile_share(reference: Path, tile_px: int, overlap_px: int, min_frac
 def one_run(scene: Path, backend: str, workers: str, out: Path) -> dict:
     extra = ["--backend", backend, *([] if workers == "default" else ["--workers", workers])]
     s = run(scene, out, None, extra, formats=",".join(DEFAULT_FORMATS))
-    if workers == "default":  # the command's own choice (geoseg.pipeline.run_workers): one worker per core or none
-        workers = str(os.cpu_count() or 1) if s["tiles_total"] >= CLUSTER_MIN_TILES else "0"
+    if workers == "default":  # the command's own choice: one worker per core (None) or in-process (0)
+        chosen = run_workers([str(scene)], RunOptions(backend=backend))
+        workers = str(os.cpu_count() or 1) if chosen is None else str(chosen)
     model_s = s["stage_seconds"]["model_on_workers"] / max(1, int(workers))  # in-process: wall already
     return {"process_s": s["process_s"], "scene_s": s["seconds"], "model_wall_s": round(model_s, 2),
             "rest_s": round(s["process_s"] - model_s, 2), "tiles": s["tiles_total"], "tile_px": s["tile_px"],
