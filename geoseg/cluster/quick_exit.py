@@ -35,8 +35,9 @@ class ExitAtClose(WorkerPlugin):
 def quiet_batched_close() -> Iterator[None]:
     """While geoseg's own cluster runs and closes: the scheduler's note that a batched stream to a worker closed
     under it (an INFO line with a ``CommClosedError`` traceback, on stderr) is not shown. Workers that leave by
-    :class:`ExitAtClose` close those streams before the scheduler has stopped writing to them, in 2 of 8 closes
-    (a loop of two-worker clusters, each running one task): a successful run printed a traceback. A lost worker
+    :class:`ExitAtClose` close those streams before the scheduler has stopped writing to them, often enough that
+    successful runs printed a traceback (2 of 8 closes in a scratch loop of two-worker clusters, 0 of 12 with
+    this). A lost worker
     still shows (``distributed.scheduler`` and ``distributed.core`` keep their levels)."""
     logger = logging.getLogger("distributed.batched")
     level = logger.level
